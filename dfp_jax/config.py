@@ -1,0 +1,70 @@
+"""The resolved configuration of one DFP run: a frozen, hashable dataclass (no flags in the library).
+
+`experiments/run.py` converts its absl flags into a `FusionConfig` once; library functions take it as
+an argument. Defaults are the papers' (DFP_METHOD.md): x2, 500 mask steps, 1000 main steps, Adam 1e-3,
+loss weights 1 / 0.5 / 0.1, DoubleReblur [5, 3, 3, 0.01, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from dfp_jax.focus import DoubleReblurParams
+from dfp_jax.losses import LossWeights
+from dfp_jax.models import IMAGE_NET, MASK_NET, NetConfig
+
+SCALES = (1, 2, 4)
+INPUT_TYPES = ('mean', 'noise')
+OUTPUTS = ('ema', 'last')
+DTYPES = ('float32', 'bfloat16')
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionConfig:
+  """Everything that defines one scene's fusion, apart from the images and the PRNG key."""
+  scale: int = 2  # Super-resolution factor s in {1, 2, 4} (1 = plain fusion).
+  iters: int = 1000  # Main-stage steps K.
+  mask_iters: int = 500  # Decision-embedding steps K_m (0 = use the DoubleReblur maps directly).
+  lr: float = 1e-3  # Adam learning rate of the main stage.
+  mask_lr: float = 1e-3  # Adam learning rate of the decision embedding.
+  input_type: str = 'mean'  # Network input z: 'mean' (bicubic x s of the inputs' mean) or 'noise'.
+  noise_channels: int = 32  # Channels of z when input_type == 'noise'.
+  noise_scale: float = 0.1  # z ~ U(0, noise_scale) when input_type == 'noise' (deep image prior).
+  doublereblur: DoubleReblurParams = DoubleReblurParams()  # Focus measure parameters.
+  image_net: NetConfig = IMAGE_NET  # Main SKIPnet.
+  mask_net: NetConfig = MASK_NET  # Decision-embedding SKIPnet.
+  weights: LossWeights = LossWeights()  # alpha, beta, gamma (and per-input lambda).
+  output: str = 'ema'  # Final image: 'ema' of the iterates' outputs, or the 'last' iterate's.
+  ema_decay: float = 0.99  # Decay of that EMA.
+  chunk_size: int = 50  # Steps per compiled lax.scan call (progress is reported between chunks).
+  compute_dtype: str = 'float32'  # Convolution compute dtype ('bfloat16' for accelerators).
+  loop: str = 'auto'  # Step loop: 'scan' (lax.scan chunks), 'python' (dispatched jitted steps), 'auto'.
+
+  def __post_init__(self):
+    if self.scale not in SCALES:
+      raise ValueError(f'scale must be one of {SCALES}, got {self.scale}')
+    if self.iters < 1:
+      raise ValueError(f'iters must be >= 1, got {self.iters}')
+    if self.mask_iters < 0:
+      raise ValueError(f'mask_iters must be >= 0, got {self.mask_iters}')
+    if not (self.lr > 0 and self.mask_lr > 0):
+      raise ValueError(f'learning rates must be > 0, got lr={self.lr}, mask_lr={self.mask_lr}')
+    if self.input_type not in INPUT_TYPES:
+      raise ValueError(f"input_type must be one of {INPUT_TYPES}, got '{self.input_type}'")
+    if self.output not in OUTPUTS:
+      raise ValueError(f"output must be one of {OUTPUTS}, got '{self.output}'")
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ValueError(f'ema_decay must be in [0, 1), got {self.ema_decay}')
+    if self.chunk_size < 1:
+      raise ValueError(f'chunk_size must be >= 1, got {self.chunk_size}')
+    if self.loop not in ('auto', 'scan', 'python'):
+      raise ValueError(f"loop must be 'auto', 'scan' or 'python', got '{self.loop}'")
+    if self.compute_dtype not in DTYPES:
+      raise ValueError(f"compute_dtype must be one of {DTYPES}, got '{self.compute_dtype}'")
+
+  def replace(self, **changes) -> 'FusionConfig':
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -1,0 +1,251 @@
+"""One scene's Deep Fusion Prior pipeline (DFP_METHOD.md section 2, Algorithm 1).
+
+  1. DoubleReblur decision maps on the luma of the N low-resolution inputs (`focus.decision_maps`).
+  2. Decision embedding (optional): the mask SKIPnet cleans the maps (`embedding`).
+  3. Fusion prior: the image SKIPnet maps z (bicubic x s of the inputs' mean, or noise) to the HR image;
+     the Lanczos-2 downsampling of its output is compared with the inputs by the DFP losses.
+  4. The result is the EMA (or last) of the outputs: no ground truth is ever used.
+
+`fuse` is the notebook entry point: arrays in, a `FusionResult` out, no file I/O and no printing (it
+logs progress through absl). The building blocks below it (`scene_problem`, `init_mask_state`,
+`main_stage`, ...) are pure and written for one scene without a scene axis, so the batch engine can vmap
+them.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import NamedTuple, Sequence
+
+from absl import logging
+import numpy as np
+import jax
+import jax.numpy as jnp
+import optax
+
+from dfp_jax import embedding
+from dfp_jax import focus
+from dfp_jax import losses
+from dfp_jax import optimize
+from dfp_jax import resample
+from dfp_jax.config import FusionConfig
+from dfp_jax.errors import InputError
+
+
+class FusionResult(NamedTuple):
+  """Outputs of `fuse` (NumPy arrays, float32 in [0, 1])."""
+  fused: np.ndarray  # [sH, sW, C] all-in-focus result at scale x the input size.
+  fused_lr: np.ndarray  # [H, W, C] its Lanczos-2 downsampling.
+  decision_maps_raw: np.ndarray  # [N, H, W] DoubleReblur maps (a partition of the image).
+  decision_maps: np.ndarray  # [N, H, W] maps after decision embedding (= raw if mask_iters == 0).
+  network_input: np.ndarray  # [sH, sW, C_z] the fixed input z of the image net.
+  history: dict  # {'mask': {term: [K_m]}, 'main': {term: [K]}} per-step loss terms.
+  timings: dict  # Seconds per stage, compile seconds, steps per second.
+
+
+def _dtype(config: FusionConfig):
+  return jnp.bfloat16 if config.compute_dtype == 'bfloat16' else jnp.float32
+
+
+def min_input_size(config: FusionConfig) -> int:
+  """Smallest low-resolution side accepted: the mask net works at the input size, the image net at
+  s times it, and both need 2^D; DoubleReblur needs its kernel support."""
+  sizes = [2 ** len(config.image_net.channels_down) / config.scale, 2 * config.doublereblur.radius - 1]
+  if config.mask_iters > 0:
+    sizes.append(2 ** len(config.mask_net.channels_down))
+  return int(np.ceil(max(sizes)))
+
+
+def validate_images(images, config: FusionConfig, names: Sequence[str] | None = None) -> jnp.ndarray:
+  """Checks and stacks N >= 2 images [H, W, C] in [0, 1] into [N, H, W, C] float32.
+
+  Raises InputError naming the offending input (by `names[i]` if given) and the problem.
+  """
+  images = [np.asarray(im) for im in images]
+  names = list(names) if names is not None else [f'input {i}' for i in range(len(images))]
+  if len(images) < 2:
+    raise InputError(f'need at least 2 input images, got {len(images)}')
+  for name, im in zip(names, images):
+    if im.ndim != 3 or im.shape[-1] not in (1, 3):
+      raise InputError(f'{name}: expected an [H, W, 1 or 3] image, got shape {im.shape}')
+    if not np.all(np.isfinite(im)):
+      raise InputError(f'{name}: contains NaN or infinite values')
+    if im.min() < 0.0 or im.max() > 1.0:
+      raise InputError(f'{name}: values must lie in [0, 1], got [{im.min():.3g}, {im.max():.3g}]')
+  ref = images[0].shape
+  for name, im in zip(names[1:], images[1:]):
+    if im.shape[:2] != ref[:2]:
+      raise InputError(f'{name}: size {im.shape[0]}x{im.shape[1]} differs from {names[0]} '
+                       f'({ref[0]}x{ref[1]}); inputs must be registered images of one size')
+    if im.shape[2] != ref[2]:
+      raise InputError(f'{name}: {im.shape[2]} channel(s) but {names[0]} has {ref[2]}; convert them to '
+                       'the same colour mode (the CLI does this with a warning)')
+  m = min_input_size(config)
+  if ref[0] < m or ref[1] < m:
+    raise InputError(f'{names[0]}: {ref[0]}x{ref[1]} is too small for the network depth at x{config.scale}: '
+                     f'each side must be at least {m} pixels')
+  return jnp.asarray(np.stack(images).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure building blocks for one scene.
+
+
+def network_input(key, images: jnp.ndarray, config: FusionConfig) -> jnp.ndarray:
+  """z for the image net, [sH, sW, C_z]: bicubic x s of the inputs' mean, or U(0, noise_scale)."""
+  n, h, w, c = images.shape
+  s = config.scale
+  if config.input_type == 'noise':
+    return config.noise_scale * jax.random.uniform(key, (s * h, s * w, config.noise_channels))
+  return resample.bicubic_upsample(jnp.mean(images, axis=0), s)
+
+
+def mask_input(key, images: jnp.ndarray, config: FusionConfig) -> jnp.ndarray:
+  """z for the mask net, [H, W, C_z]: the inputs' mean, or noise."""
+  n, h, w, c = images.shape
+  if config.input_type == 'noise':
+    return config.noise_scale * jax.random.uniform(key, (h, w, config.noise_channels))
+  return jnp.mean(images, axis=0)
+
+
+@functools.lru_cache(maxsize=64)
+def mask_stage(config: FusionConfig, num_inputs: int) -> optimize.Stage:
+  """The decision-embedding stage (static: cached per configuration and N)."""
+  net = config.mask_net.build(embedding.mask_channels(num_inputs),
+                              embedding.mask_activation(num_inputs), _dtype(config))
+
+  def loss_fn(params, problem):
+    out = net.apply(params, problem['z'])
+    soft = embedding.soft_maps(out, num_inputs)
+    loss, terms = embedding.embedding_loss(embedding.straight_through(soft), problem['maps'],
+                                           problem['images'])
+    return loss, (terms, soft)
+
+  stage = optimize.Stage('mask', loss_fn, optax.adam(config.mask_lr), config.ema_decay)
+  object.__setattr__(stage, 'net', net)
+  return stage
+
+
+@functools.lru_cache(maxsize=64)
+def main_stage(config: FusionConfig, channels: int) -> optimize.Stage:
+  """The fusion-prior stage (static: cached per configuration and channel count)."""
+  net = config.image_net.build(channels, 'sigmoid', _dtype(config))
+  s = config.scale
+  weights = config.weights
+
+  def loss_fn(params, problem):
+    out_hr = net.apply(params, problem['z'])
+    out_lr = resample.lanczos2_downsample(out_hr, s)
+    loss, terms = losses.fusion_loss(out_hr, out_lr, problem['images'], problem['maps'],
+                                     problem['grad_target'], weights)
+    return loss, (terms, out_hr)
+
+  stage = optimize.Stage('main', loss_fn, optax.adam(config.lr), config.ema_decay)
+  object.__setattr__(stage, 'net', net)
+  return stage
+
+
+@functools.partial(jax.jit, static_argnames='config')
+def init_mask_state(key, images, raw_maps, config: FusionConfig):
+  """(state, problem) of the decision embedding for one scene."""
+  k_z, k_init = jax.random.split(key)
+  n = images.shape[0]
+  stage = mask_stage(config, n)
+  z = mask_input(k_z, images, config)
+  params = stage.net.init(k_init, z)
+  problem = {'z': z, 'images': images, 'maps': raw_maps}
+  return optimize.init_state(stage, params, (n,) + images.shape[1:3]), problem
+
+
+def embedded_maps(state: optimize.TrainState) -> jnp.ndarray:
+  """The binary maps [N, H, W] of the mask net's final iterate."""
+  return embedding.hard_maps(state.output)
+
+
+@functools.partial(jax.jit, static_argnames='config')
+def init_main_state(key, images, maps, config: FusionConfig):
+  """(state, problem) of the fusion prior for one scene."""
+  k_z, k_init = jax.random.split(key)
+  n, h, w, c = images.shape
+  stage = main_stage(config, c)
+  z = network_input(k_z, images, config)
+  params = stage.net.init(k_init, z)
+  problem = {'z': z, 'images': images, 'maps': maps,
+             'grad_target': losses.joint_gradient_target(images)}
+  s = config.scale
+  return optimize.init_state(stage, params, (s * h, s * w, c)), problem
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'channels'))
+def final_output(state: optimize.TrainState, config: FusionConfig, channels: int) -> jnp.ndarray:
+  """The result image of the main stage: the EMA of the outputs, or the last output."""
+  if config.output == 'last':
+    return state.output
+  return jnp.clip(optimize.ema_output(main_stage(config, channels), state), 0.0, 1.0)
+
+
+decision_maps_jit = jax.jit(focus.decision_maps, static_argnums=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The notebook entry point.
+
+
+def fuse(images, scale: int | None = None, config: FusionConfig = FusionConfig(), key=None,
+         progress: optimize.ProgressFn | None = optimize.log_progress,
+         names: Sequence[str] | None = None) -> FusionResult:
+  """Fuses N >= 2 registered images of one scene into one all-in-focus image at `scale` x their size.
+
+  Args:
+    images: sequence of N arrays [H, W, C] (or one [N, H, W, C] array), float in [0, 1], C = 1 or 3.
+    scale: 1, 2 or 4; overrides `config.scale` when given.
+    config: the FusionConfig (iterations, learning rates, networks, losses, focus measure...).
+    key: a jax PRNG key (default `jax.random.key(0)`): same key, inputs, config and backend give
+      bit-identical results.
+    progress: called between chunks with (stage, done, total, elapsed_s, terms); None for silence.
+    names: optional names of the inputs (file paths) used in error messages.
+
+  Returns:
+    A FusionResult (NumPy arrays).
+  """
+  if scale is not None and scale != config.scale:
+    config = config.replace(scale=scale)
+  if key is None:
+    key = jax.random.key(0)
+  x = validate_images(list(images), config, names)  # [N, H, W, C]
+  n, h, w, c = x.shape
+  k_mask, k_main = jax.random.split(key)
+  timings = {}
+
+  t0 = time.perf_counter()
+  raw_maps = decision_maps_jit(x, config.doublereblur)
+  raw_maps.block_until_ready()
+  timings['doublereblur_s'] = time.perf_counter() - t0
+  logging.info('DoubleReblur decision maps for %d inputs of %dx%d in %.1f s', n, h, w,
+               timings['doublereblur_s'])
+
+  history = {}
+  maps = raw_maps
+  if config.mask_iters > 0:
+    stage = mask_stage(config, n)
+    state, problem = init_mask_state(k_mask, x, raw_maps, config=config)
+    state, report = optimize.run_stage(stage, state, problem, config.mask_iters, config.chunk_size,
+                                       progress, loop=config.loop)
+    maps = embedded_maps(state)
+    history['mask'] = report.history
+    timings.update(mask_s=report.seconds, mask_compile_s=report.compile_seconds,
+                   mask_steps_per_s=report.steps_per_second)
+
+  stage = main_stage(config, c)
+  state, problem = init_main_state(k_main, x, maps, config=config)
+  state, report = optimize.run_stage(stage, state, problem, config.iters, config.chunk_size, progress,
+                                     loop=config.loop)
+  history['main'] = report.history
+  timings.update(main_s=report.seconds, main_compile_s=report.compile_seconds,
+                 main_steps_per_s=report.steps_per_second)
+  fused = final_output(state, config=config, channels=c)
+  fused_lr = resample.lanczos2_downsample(fused, config.scale)
+  timings['total_s'] = time.perf_counter() - t0
+  return FusionResult(np.asarray(fused), np.asarray(fused_lr), np.asarray(raw_maps), np.asarray(maps),
+                      np.asarray(problem['z']), history, timings)

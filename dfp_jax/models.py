@@ -1,0 +1,201 @@
+"""SKIPnet: the deep-image-prior encoder-decoder with skip connections (DFP_METHOD.md section 3).
+
+API choice: Flax Linen, used purely functionally (`init` / `apply` on plain parameter dicts), the
+flax-imagenet pattern: `jax.vmap`, `lax.scan` and `jax.jit` apply to the parameters directly.
+
+Normalisation: `CurrentStatsBatchNorm` is BatchNorm that *always* normalises with the statistics of the
+current forward pass (mean and biased variance over all positions of the one image, per channel), with
+a learnable scale and offset: exactly PyTorch's BatchNorm2d in training mode for a batch of one image,
+which is how deep image prior and DFP run it at every step, including the final output. It keeps no
+running averages, so the network has no mutable state at all (no `batch_stats` collection to carry).
+Under `jax.vmap` over independent scenes each scene's statistics stay its own (there is no axis_name).
+
+Architecture, for scale i = 0 .. D-1 with input x_i (the module applies it recursively):
+  skip_i   = LReLU(BN(conv1x1(x_i)))                            (if skip channels > 0)
+  deeper_i = LReLU(BN(conv_k(LReLU(BN(conv_k,stride 2(x_i))))))  (encoder: stride 2 first, as the code)
+  deeper_i = up2(level_{i+1}(deeper_i)) (or up2(deeper_i) at the last scale)
+  y_i      = BN(concat(skip_i, deeper_i))
+  y_i      = LReLU(BN(conv1x1(LReLU(BN(conv_k(y_i))))))        (decoder)
+  out      = sigmoid(conv1x1(y_0))
+conv_k is reflect-pad + k x k convolution (or two 3x3 convolutions when `double_3x3`), LReLU slope 0.2.
+Upsampling is x2 bilinear with half-pixel centres (`jax.image.resize` convention, PyTorch
+`align_corners=False`; the authors' code uses `align_corners=True`), or nearest.
+
+Initialisation follows PyTorch's default for convolution weights (uniform with bound 1/sqrt(fan_in), i.e.
+variance scaling 1/3, fan_in, uniform); biases start at zero. With the paper's channels, 5x5 kernels,
+3 input and 3 output channels the parameter count is 1,550,755, the authors' count (tested).
+
+Sizes that are not multiples of 2^D are reflect-padded up to the next multiple and the output is cropped
+back: never resized. Each side must be at least 2^D pixels (`min_size`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from dfp_jax import resample
+
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+class CurrentStatsBatchNorm(nn.Module):
+  """BatchNorm over all but the last axis, always with the current pass's statistics."""
+  epsilon: float = 1e-5  # As PyTorch's BatchNorm2d.
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=axes)
+    var = jnp.mean(jnp.square(xf - mean), axis=axes)
+    inv = jax.lax.rsqrt(var + self.epsilon) * scale
+    return ((xf - mean) * inv + bias).astype(x.dtype)
+
+
+class ConvK(nn.Module):
+  """Reflect-padded k x k convolution (or two 3x3 ones), first one with the given stride."""
+  features: int  # Output channels.
+  kernel_size: int = 5  # Odd kernel size k.
+  stride: int = 1  # Stride of the (first) convolution.
+  double_3x3: bool = False  # Replace the k x k convolution by two 3x3 convolutions.
+  dtype: jnp.dtype = jnp.float32  # Compute dtype of the convolution.
+
+  @nn.compact
+  def __call__(self, x):
+    sizes = [3, 3] if self.double_3x3 else [self.kernel_size]
+    for j, k in enumerate(sizes):
+      p = k // 2
+      if p:
+        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode='reflect')
+      x = nn.Conv(self.features, (k, k), strides=self.stride if j == 0 else 1, padding='VALID',
+                  kernel_init=torch_default_init, dtype=self.dtype, param_dtype=jnp.float32)(x)
+    return x
+
+
+def _act(x, slope):
+  return jnp.where(x >= 0, x, slope * x)
+
+
+class SkipLevel(nn.Module):
+  """One scale of the U: skip branch, encoder, deeper levels, upsampling, concat, decoder."""
+  channels_down: Sequence[int]  # Encoder channels from this scale down.
+  channels_up: Sequence[int]  # Decoder channels from this scale down.
+  channels_skip: Sequence[int]  # Skip channels from this scale down (0: no skip).
+  kernel_size: int = 5
+  double_3x3: bool = False
+  upsample: str = 'bilinear'
+  negative_slope: float = 0.2
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(ConvK, kernel_size=self.kernel_size, double_3x3=self.double_3x3,
+                             dtype=self.dtype)
+    act = functools.partial(_act, slope=self.negative_slope)
+    bn = CurrentStatsBatchNorm
+    d = act(bn()(conv(self.channels_down[0], stride=2)(x)))
+    d = act(bn()(conv(self.channels_down[0])(d)))
+    if len(self.channels_down) > 1:
+      d = SkipLevel(self.channels_down[1:], self.channels_up[1:], self.channels_skip[1:],
+                    self.kernel_size, self.double_3x3, self.upsample, self.negative_slope,
+                    self.dtype)(d)
+    d = resample.bilinear_up2(d) if self.upsample == 'bilinear' else resample.nearest_up2(d)
+    if self.channels_skip[0] > 0:
+      s = nn.Conv(self.channels_skip[0], (1, 1), kernel_init=torch_default_init, dtype=self.dtype,
+                  param_dtype=jnp.float32)(x)
+      s = act(bn()(s))
+      d = jnp.concatenate([s, d], axis=-1)
+    y = bn()(d)
+    y = act(bn()(conv(self.channels_up[0])(y)))
+    y = nn.Conv(self.channels_up[0], (1, 1), kernel_init=torch_default_init, dtype=self.dtype,
+                param_dtype=jnp.float32)(y)
+    return act(bn()(y))
+
+
+class SkipNet(nn.Module):
+  """SKIPnet mapping a fixed input z [H, W, C_in] to an image [H, W, out_channels] in (0, 1)."""
+  out_channels: int = 3  # 3 for an RGB image, 1 for a grey image or a two-input mask.
+  channels_down: Sequence[int] = (8, 16, 32, 64, 128)  # Encoder channels per scale (D = len).
+  channels_up: Sequence[int] = (8, 16, 32, 64, 128)  # Decoder channels per scale.
+  channels_skip: Sequence[int] = (4, 4, 4, 4, 4)  # Skip channels per scale (0 = none).
+  kernel_size: int = 5  # n_d, odd.
+  double_3x3: bool = False  # Two 3x3 convolutions in place of each k x k one.
+  upsample: str = 'bilinear'  # 'bilinear' (half-pixel) or 'nearest'.
+  negative_slope: float = 0.2  # LeakyReLU slope.
+  output_activation: str = 'sigmoid'  # 'sigmoid' or 'none' (logits, for masks).
+  dtype: jnp.dtype = jnp.float32  # Compute dtype of convolutions (parameters stay float32).
+
+  def __post_init__(self):
+    if not (len(self.channels_down) == len(self.channels_up) == len(self.channels_skip)):
+      raise ValueError('channels_down, channels_up and channels_skip must have the same length, got '
+                       f'{self.channels_down}, {self.channels_up}, {self.channels_skip}')
+    if self.kernel_size % 2 == 0:
+      raise ValueError(f'kernel_size must be odd, got {self.kernel_size}')
+    if self.upsample not in ('bilinear', 'nearest'):
+      raise ValueError(f"upsample must be 'bilinear' or 'nearest', got '{self.upsample}'")
+    if self.output_activation not in ('sigmoid', 'none'):
+      raise ValueError(f"output_activation must be 'sigmoid' or 'none', got '{self.output_activation}'")
+    super().__post_init__()
+
+  @property
+  def depth(self) -> int:
+    return len(self.channels_down)
+
+  @property
+  def min_size(self) -> int:
+    """Smallest side length the network accepts: 2^D."""
+    return 2 ** self.depth
+
+  @nn.compact
+  def __call__(self, z):
+    """Args: z: [H, W, C_in] network input. Returns [H, W, out_channels]."""
+    h, w = z.shape[-3], z.shape[-2]
+    m = self.min_size
+    if h < m or w < m:
+      raise ValueError(f'input {h}x{w} is smaller than {m}x{m}, the minimum for depth {self.depth}')
+    ph, pw = (-h) % m, (-w) % m
+    x = z[None] if z.ndim == 3 else z
+    x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode='reflect').astype(self.dtype)
+    y = SkipLevel(self.channels_down, self.channels_up, self.channels_skip, self.kernel_size,
+                  self.double_3x3, self.upsample, self.negative_slope, self.dtype)(x)
+    y = nn.Conv(self.out_channels, (1, 1), kernel_init=torch_default_init, dtype=self.dtype,
+                param_dtype=jnp.float32)(y)
+    y = y.astype(jnp.float32)[:, :h, :w, :]
+    if self.output_activation == 'sigmoid':
+      y = jax.nn.sigmoid(y)
+    return y[0] if z.ndim == 3 else y
+
+
+@dataclasses.dataclass(frozen=True)
+class NetConfig:
+  """Hyperparameters of one SKIPnet (the image net or the mask net)."""
+  channels_down: tuple = (8, 16, 32, 64, 128)  # Encoder channels per scale.
+  channels_up: tuple = (8, 16, 32, 64, 128)  # Decoder channels per scale.
+  channels_skip: tuple = (4, 4, 4, 4, 4)  # Skip channels per scale.
+  kernel_size: int = 5  # Convolution size n_d.
+  double_3x3: bool = False  # Two 3x3 convolutions instead of each n_d x n_d one.
+  upsample: str = 'bilinear'  # Decoder upsampling.
+
+  def build(self, out_channels: int, output_activation: str = 'sigmoid',
+            dtype=jnp.float32) -> SkipNet:
+    return SkipNet(out_channels=out_channels, channels_down=tuple(self.channels_down),
+                   channels_up=tuple(self.channels_up), channels_skip=tuple(self.channels_skip),
+                   kernel_size=self.kernel_size, double_3x3=self.double_3x3, upsample=self.upsample,
+                   output_activation=output_activation, dtype=dtype)
+
+
+IMAGE_NET = NetConfig()
+MASK_NET = NetConfig(channels_skip=(0, 0, 0, 4, 4))
+
+
+def count_params(params) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))

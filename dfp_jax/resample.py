@@ -1,0 +1,120 @@
+"""Resampling: the fixed Lanczos-2 downsampler of the losses and bicubic / bilinear upsampling
+(DFP_METHOD.md section 7).
+
+* `lanczos2_kernel1d(s)`: deep-image-prior's "lanczos2" at phase 0.5: 4s taps at offsets
+  +-(0.5, 1.5, ..., 2s - 0.5), k(x) = sinc(x / s) sinc(x / (2 s)), normalised to sum 1. The 2-D kernel is
+  the outer product (separable), applied per channel as a stride-s correlation after replicate padding of
+  (4s - s) / 2 on each side, so an (sH, sW) image maps to exactly (H, W). s = 1 is the identity.
+* `bicubic_upsample`: OpenCV `INTER_CUBIC` (Keys cubic with a = -0.75, half-pixel centres, replicated
+  border), as separable interpolation matrices; used for the network input z and the baselines.
+* `bilinear_up2`: exact x2 bilinear upsampling with half-pixel centres (PyTorch
+  `align_corners=False`, `jax.image.resize(..., 'bilinear')`) written with fixed 0.25/0.75 weights, the
+  decoder's upsampling.
+
+All functions take [H, W, C] images (or [..., H, W, C]) and are pure jnp.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import jax.numpy as jnp
+from jax import lax
+
+
+@functools.lru_cache(maxsize=None)
+def lanczos2_kernel1d(factor: int) -> np.ndarray:
+  """1-D Lanczos-2 kernel of the downsampler for an integer factor >= 1: 4 factor taps, sum 1."""
+  if factor < 1:
+    raise ValueError(f'factor must be >= 1, got {factor}')
+  offsets = np.arange(4 * factor, dtype=np.float64) - (2 * factor - 0.5)  # +-0.5, ..., +-(2s-0.5)
+  x = offsets / factor
+  k = np.sinc(x) * np.sinc(x / 2.0)
+  return (k / k.sum()).astype(np.float32)
+
+
+def lanczos2_downsample(image: jnp.ndarray, factor: int) -> jnp.ndarray:
+  """Downsamples [..., sH, sW, C] by an integer factor to [..., H, W, C] with the Lanczos-2 kernel."""
+  if factor == 1:
+    return image
+  *lead, hh, ww, c = image.shape
+  if hh % factor or ww % factor:
+    raise ValueError(f'image size {hh}x{ww} is not divisible by the factor {factor}')
+  k = jnp.asarray(lanczos2_kernel1d(factor), image.dtype)
+  pad = (4 * factor - factor) // 2
+  x = image.reshape((-1, hh, ww, c))
+  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='edge')
+  # Depthwise separable correlation, stride = factor, NHWC with one group per channel.
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  ky = jnp.tile(k[:, None, None, None], (1, 1, 1, c))
+  kx = jnp.tile(k[None, :, None, None], (1, 1, 1, c))
+  x = lax.conv_general_dilated(x, ky, (factor, 1), 'VALID', dimension_numbers=dn,
+                               feature_group_count=c, precision=lax.Precision.HIGHEST)
+  x = lax.conv_general_dilated(x, kx, (1, factor), 'VALID', dimension_numbers=dn,
+                               feature_group_count=c, precision=lax.Precision.HIGHEST)
+  return x.reshape(tuple(lead) + (hh // factor, ww // factor, c))
+
+
+@functools.lru_cache(maxsize=None)
+def cubic_matrix(n_in: int, factor: int, a: float = -0.75) -> np.ndarray:
+  """[n_in * factor, n_in] interpolation matrix of OpenCV's INTER_CUBIC (replicated border)."""
+  n_out = n_in * factor
+  m = np.zeros((n_out, n_in), np.float64)
+
+  def w(t):
+    t = abs(t)
+    if t <= 1:
+      return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
+    if t < 2:
+      return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
+    return 0.0
+
+  for i in range(n_out):
+    src = (i + 0.5) / factor - 0.5
+    i0 = int(np.floor(src))
+    frac = src - i0
+    for k in range(-1, 3):
+      m[i, min(max(i0 + k, 0), n_in - 1)] += w(k - frac)
+  return m.astype(np.float32)
+
+
+def bicubic_upsample(image: jnp.ndarray, factor: int, a: float = -0.75) -> jnp.ndarray:
+  """Upsamples [..., H, W, C] by an integer factor with OpenCV-style bicubic interpolation.
+
+  Values are not clipped (bicubic overshoots a little at edges, as cv2.resize on float input does).
+  """
+  if factor == 1:
+    return image
+  h, w = image.shape[-3], image.shape[-2]
+  my = jnp.asarray(cubic_matrix(h, factor, a))
+  mx = jnp.asarray(cubic_matrix(w, factor, a))
+  hp = lax.Precision.HIGHEST
+  out = jnp.einsum('ih,...hwc->...iwc', my, image, precision=hp)
+  return jnp.einsum('jw,...iwc->...ijc', mx, out, precision=hp)
+
+
+def bilinear_up2(x: jnp.ndarray) -> jnp.ndarray:
+  """x2 bilinear upsampling of [..., H, W, C] with half-pixel centres and clamped edges."""
+
+  def up_axis(v, axis):
+    n = v.shape[axis]
+    prev = jnp.concatenate([lax.slice_in_dim(v, 0, 1, axis=axis),
+                            lax.slice_in_dim(v, 0, n - 1, axis=axis)], axis=axis)
+    nxt = jnp.concatenate([lax.slice_in_dim(v, 1, n, axis=axis),
+                           lax.slice_in_dim(v, n - 1, n, axis=axis)], axis=axis)
+    even = 0.75 * v + 0.25 * prev
+    odd = 0.75 * v + 0.25 * nxt
+    out = jnp.stack([even, odd], axis=axis + 1)
+    shape = list(v.shape)
+    shape[axis] = 2 * n
+    return out.reshape(shape)
+
+  nd = x.ndim
+  return up_axis(up_axis(x, nd - 3), nd - 2)
+
+
+def nearest_up2(x: jnp.ndarray) -> jnp.ndarray:
+  """x2 nearest-neighbour upsampling of [..., H, W, C]."""
+  nd = x.ndim
+  return jnp.repeat(jnp.repeat(x, 2, axis=nd - 3), 2, axis=nd - 2)
