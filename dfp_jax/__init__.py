@@ -1,0 +1,27 @@
+"""dfp_jax: Deep Fusion Prior in pure-functional JAX/Flax.
+
+Multi-focus image fusion and super-resolution from two or more photos of one scene, with no training
+data. The public API:
+
+  fuse(images, scale=2, config=FusionConfig(), key=...) -> FusionResult   one scene, arrays in/out
+  FusionConfig, DoubleReblurParams, LossWeights, NetConfig                 configuration
+  decision_maps, double_reblur                                             the focus measure
+  SkipNet                                                                  the network
+  read_image, write_image, load_inputs                                     image I/O
+"""
+
+__version__ = '0.1.0'
+
+from dfp_jax.config import FusionConfig
+from dfp_jax.errors import InputError, MemoryBudgetError
+from dfp_jax.focus import DoubleReblurParams, decision_maps, double_reblur
+from dfp_jax.fusion import FusionResult, estimate_memory, fuse
+from dfp_jax.image_io import load_inputs, read_image, write_image
+from dfp_jax.losses import LossWeights
+from dfp_jax.models import NetConfig, SkipNet
+
+__all__ = [
+    'FusionConfig', 'FusionResult', 'DoubleReblurParams', 'LossWeights', 'NetConfig', 'SkipNet',
+    'InputError', 'MemoryBudgetError', 'decision_maps', 'double_reblur', 'estimate_memory', 'fuse',
+    'load_inputs', 'read_image', 'write_image',
+]

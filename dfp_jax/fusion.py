@@ -153,7 +153,7 @@ def init_mask_state(key, images, raw_maps, config: FusionConfig):
   n = images.shape[0]
   stage = mask_stage(config, n)
   z = mask_input(k_z, images, config)
-  params = stage.net.init(k_init, z)
+  params = stage.net.lazy_init(k_init, jax.ShapeDtypeStruct(z.shape, z.dtype))  # No forward pass.
   problem = {'z': z, 'images': images, 'maps': raw_maps}
   return optimize.init_state(stage, params, (n,) + images.shape[1:3]), problem
 
@@ -170,7 +170,7 @@ def init_main_state(key, images, maps, config: FusionConfig):
   n, h, w, c = images.shape
   stage = main_stage(config, c)
   z = network_input(k_z, images, config)
-  params = stage.net.init(k_init, z)
+  params = stage.net.lazy_init(k_init, jax.ShapeDtypeStruct(z.shape, z.dtype))  # No forward pass.
   problem = {'z': z, 'images': images, 'maps': maps,
              'grad_target': losses.joint_gradient_target(images)}
   s = config.scale
@@ -249,3 +249,124 @@ def fuse(images, scale: int | None = None, config: FusionConfig = FusionConfig()
   timings['total_s'] = time.perf_counter() - t0
   return FusionResult(np.asarray(fused), np.asarray(fused_lr), np.asarray(raw_maps), np.asarray(maps),
                       np.asarray(problem['z']), history, timings)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory: estimated before anything is compiled, so an image too large for the machine is refused with
+# a clear message instead of the process being killed mid-run.
+
+# Bytes kept per (channel x pixel) of feature maps during one training step, relative to float32
+# storage: the forward activations kept for the backward pass (conv, BN and LeakyReLU outputs, reflect
+# padded copies) and the backward temporaries. Calibrated against XLA's compiled memory analysis
+# (temp + arguments) of the main step on CPU at 64^2..128^2 inputs, x2 (tests/test_fusion.py and
+# experiments/bench_step.py check the estimate against it).
+ACTIVATION_COPIES = 7.5
+FIXED_BYTES = 8 * 2 ** 20
+
+
+def _feature_channels_per_pixel(net) -> float:
+  """Sum over scales of the feature channels stored per full-resolution pixel."""
+  total = 0.0
+  for i, (d, u, s) in enumerate(zip(net.channels_down, net.channels_up, net.channels_skip)):
+    total += (d + u + s) / 4.0 ** i
+  return total
+
+
+def _padded(n: int, depth: int) -> int:
+  m = 2 ** depth
+  return -(-n // m) * m
+
+
+def estimate_memory(height: int, width: int, num_inputs: int, channels: int,
+                    config: FusionConfig) -> dict:
+  """Estimated peak device memory (bytes) of each stage for one scene of N inputs [H, W, C].
+
+  Returns {'mask': bytes, 'main': bytes, 'peak': bytes, 'bytes_per_output_pixel': ...}.
+  """
+  s = config.scale
+  act_bytes = 2 if config.compute_dtype == 'bfloat16' else 4
+  out = {}
+
+  def stage_bytes(net_cfg, h, w, cin, cout, lr_pixels):
+    depth = len(net_cfg.channels_down)
+    px = _padded(h, depth) * _padded(w, depth)
+    net = net_cfg.build(cout)
+    params = jax.eval_shape(net.init, jax.random.key(0), jax.ShapeDtypeStruct((h, w, cin), jnp.float32))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    per_px = ACTIVATION_COPIES * act_bytes * _feature_channels_per_pixel(net_cfg)
+    scene = 4 * (num_inputs * lr_pixels * (channels + 1) + 3 * h * w * max(cin, cout))
+    return int(FIXED_BYTES + 4 * 4 * n_params + per_px * px + scene), per_px
+
+  cz = config.noise_channels if config.input_type == 'noise' else channels
+  out['main'], per_px = stage_bytes(config.image_net, s * height, s * width, cz, channels,
+                                    height * width)
+  out['mask'] = 0
+  if config.mask_iters > 0:
+    out['mask'], _ = stage_bytes(config.mask_net, height, width, cz,
+                                 embedding.mask_channels(num_inputs), height * width)
+  out['peak'] = max(out['main'], out['mask'])
+  out['bytes_per_output_pixel'] = per_px
+  return out
+
+
+def available_memory(device=None) -> int | None:
+  """Bytes the computation may still use on `device` (default: the first device), or None."""
+  device = device or jax.devices()[0]
+  if device.platform != 'cpu':
+    try:
+      stats = device.memory_stats()
+      return int(stats['bytes_limit'] - stats.get('bytes_in_use', 0))
+    except Exception:  # pylint: disable=broad-except
+      return None
+  avail = None
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          avail = int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  for limit_file, usage_file in (('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory.current'),
+                                 ('/sys/fs/cgroup/memory/memory.limit_in_bytes',
+                                  '/sys/fs/cgroup/memory/memory.usage_in_bytes')):
+    try:
+      with open(limit_file) as f:
+        raw = f.read().strip()
+      if raw != 'max' and int(raw) < 2 ** 60:
+        with open(usage_file) as f:
+          used = int(f.read().strip())
+        cg = int(raw) - used
+        avail = cg if avail is None else min(avail, cg)
+      break
+    except (OSError, ValueError):
+      continue
+  return avail
+
+
+def check_memory(height: int, width: int, num_inputs: int, channels: int, config: FusionConfig,
+                 available: int | None = None, name: str = 'inputs', headroom: float = 0.9) -> dict:
+  """Raises MemoryBudgetError if the estimate exceeds `headroom` x the available memory; the message
+  gives the estimate and the largest input size of the same aspect ratio that fits."""
+  from dfp_jax.errors import MemoryBudgetError  # pylint: disable=g-import-not-at-top
+  est = estimate_memory(height, width, num_inputs, channels, config)
+  if available is None:
+    available = available_memory()
+  est['available'] = available
+  if available is None or est['peak'] <= headroom * available:
+    return est
+  budget = headroom * available
+  # The estimate grows with the pixel count: shrink both sides by the same factor until it fits.
+  lo, hi = 0.0, 1.0
+  for _ in range(30):
+    mid = (lo + hi) / 2
+    h2, w2 = max(int(height * mid), 1), max(int(width * mid), 1)
+    if estimate_memory(h2, w2, num_inputs, channels, config)['peak'] <= budget:
+      lo = mid
+    else:
+      hi = mid
+  h2, w2 = int(height * lo), int(width * lo)
+  raise MemoryBudgetError(
+      f'{name}: {height}x{width} at x{config.scale} needs about {est["peak"] / 2**30:.1f} GiB but only '
+      f'{available / 2**30:.1f} GiB is available; the largest input of this shape that fits is about '
+      f'{h2}x{w2} (crop or downsample the inputs, lower --scale, or use --compute_dtype=bfloat16 on an '
+      'accelerator)')

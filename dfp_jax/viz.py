@@ -1,0 +1,119 @@
+"""Pictures as arrays (uint8 RGB), drawn with OpenCV: loss curves, side-by-side comparisons, decision
+maps. Nothing here shows a window or writes a file; `experiments/` writes what these return.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
+  """float [H, W], [H, W, 1] or [H, W, 3] in [0, 1] -> uint8 [H, W, 3]."""
+  image = np.asarray(image, np.float32)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[2] == 1:
+    image = np.repeat(image, 3, axis=2)
+  return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def label(image: np.ndarray, text: str, height: int = 22) -> np.ndarray:
+  """A uint8 RGB image with a white caption bar above it."""
+  bar = np.full((height, image.shape[1], 3), 255, np.uint8)
+  scale = 0.45
+  cv2.putText(bar, text, (4, height - 7), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+  return np.concatenate([bar, image], axis=0)
+
+
+def resize_to(image: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
+  interp = cv2.INTER_NEAREST if nearest else cv2.INTER_CUBIC
+  if image.shape[:2] == (height, width):
+    return image
+  return cv2.resize(image, (width, height), interpolation=interp)
+
+
+def side_by_side(images: Sequence[np.ndarray], captions: Sequence[str], gap: int = 4,
+                 max_width: int = 2400) -> np.ndarray:
+  """Captioned images (float in [0, 1] or uint8 RGB) of one height in a row (a contact sheet)."""
+  tiles = [label(im if im.dtype == np.uint8 else to_uint8_rgb(im), c) for im, c in zip(images, captions)]
+  h = max(t.shape[0] for t in tiles)
+  row = []
+  for t in tiles:
+    if t.shape[0] < h:
+      t = np.concatenate([t, np.full((h - t.shape[0], t.shape[1], 3), 255, np.uint8)], 0)
+    row += [t, np.full((h, gap, 3), 255, np.uint8)]
+  out = np.concatenate(row[:-1], axis=1)
+  if out.shape[1] > max_width:
+    f = max_width / out.shape[1]
+    out = cv2.resize(out, (max_width, int(out.shape[0] * f)), interpolation=cv2.INTER_AREA)
+  return out
+
+
+def comparison(inputs: Sequence[np.ndarray], bicubic: np.ndarray, fused: np.ndarray,
+               names: Sequence[str] | None = None) -> np.ndarray:
+  """Inputs (upsampled by pixel replication to the output size), the bicubic of the naive average,
+  and the DFP result, side by side."""
+  h, w = fused.shape[:2]
+  names = names or [f'input {i}' for i in range(len(inputs))]
+  tiles = [resize_to(to_uint8_rgb(x), h, w, nearest=True) for x in inputs]
+  tiles += [to_uint8_rgb(bicubic), to_uint8_rgb(fused)]
+  return side_by_side(tiles, list(names) + ['bicubic of the average', 'DFP'])
+
+
+def decision_map_image(m: np.ndarray) -> np.ndarray:
+  """[H, W] map in [0, 1] -> uint8 grey [H, W] (white where the input is chosen)."""
+  return np.round(np.clip(np.asarray(m, np.float32), 0, 1) * 255).astype(np.uint8)
+
+
+def loss_plot(history: dict, width: int = 900, panel_height: int = 300) -> np.ndarray:
+  """Each loss term against iteration (log scale), one panel per stage; uint8 RGB."""
+  panels = []
+  for stage, terms in history.items():
+    panels.append(_panel(f'{stage} stage', terms, width, panel_height))
+  if not panels:
+    panels.append(_panel('no optimisation', {}, width, panel_height))
+  return np.concatenate(panels, axis=0)
+
+
+def _panel(title, terms, width, height):
+  img = np.full((height, width, 3), 255, np.uint8)
+  left, right, top, bottom = 70, 170, 28, 36
+  pw, ph = width - left - right, height - top - bottom
+  cv2.rectangle(img, (left, top), (left + pw, top + ph), (0, 0, 0), 1)
+  cv2.putText(img, title, (left, 18), _FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+  series = {k: np.asarray(v, np.float64) for k, v in terms.items() if len(v)}
+  vals = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in series.values()]) if series else np.array([])
+  if vals.size == 0:
+    return img
+  lo, hi = np.log10(vals.min()), np.log10(vals.max())
+  if hi - lo < 1e-6:
+    lo, hi = lo - 0.5, hi + 0.5
+  n = max(len(v) for v in series.values())
+  for e in range(int(np.floor(lo)), int(np.ceil(hi)) + 1):
+    y = top + ph - (e - lo) / (hi - lo) * ph
+    if top <= y <= top + ph:
+      cv2.line(img, (left - 4, int(y)), (left, int(y)), (0, 0, 0), 1)
+      cv2.putText(img, f'1e{e}', (8, int(y) + 4), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+  for frac in (0, 0.25, 0.5, 0.75, 1.0):
+    x = left + frac * pw
+    cv2.putText(img, str(int(round(frac * (n - 1)))) if n > 1 else '0', (int(x) - 10, top + ph + 16),
+                _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+  cv2.putText(img, 'iteration', (left + pw // 2 - 30, height - 4), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+  for i, (name, v) in enumerate(series.items()):
+    colour = _COLOURS[i % len(_COLOURS)]
+    x = left + np.arange(len(v)) / max(n - 1, 1) * pw
+    y = top + ph - (np.log10(np.clip(v, 10 ** lo, None)) - lo) / (hi - lo) * ph
+    pts = np.stack([x, y], 1)[np.isfinite(y)].round().astype(np.int32)
+    if len(pts) > 1:
+      cv2.polylines(img, [pts], False, colour, 1, cv2.LINE_AA)
+    cv2.line(img, (left + pw + 10, top + 12 + 18 * i), (left + pw + 30, top + 12 + 18 * i), colour, 2)
+    cv2.putText(img, f'{name} {v[-1]:.3g}', (left + pw + 34, top + 16 + 18 * i), _FONT, 0.4,
+                (0, 0, 0), 1, cv2.LINE_AA)
+  return img

@@ -1,0 +1,222 @@
+"""Flags and the single-scene job of `experiments/run.py` (kept importable so tests can drive it)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+
+from absl import flags
+from absl import logging
+import cv2
+import numpy as np
+import jax
+
+import dfp_jax
+from dfp_jax import errors
+from dfp_jax import fusion
+from dfp_jax import image_io
+from dfp_jax import optimize
+from dfp_jax import resample
+from dfp_jax import viz
+from dfp_jax.config import FusionConfig
+from dfp_jax.focus import DoubleReblurParams
+from dfp_jax.losses import LossWeights
+from dfp_jax.models import NetConfig
+
+USER_ERRORS = (errors.InputError, errors.MemoryBudgetError, ValueError, optimize.NonFiniteLossError)
+
+
+def fail(message: str, code: int = 2):
+  """One line on stderr, no traceback, non-zero exit."""
+  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.flush()
+  sys.exit(code)
+
+
+def define_flags():
+  """All flags of experiments/run.py, grouped by section."""
+  # Inputs and outputs.
+  flags.DEFINE_list('inputs', [], 'Input images of one scene, comma-separated (2 or more, any order; '
+                    'registered, same size). PNG/JPEG/BMP/TIFF, 8 or 16 bit, grey or colour.')
+  flags.DEFINE_string('output_dir', 'outputs/run', 'Folder for the results (replaced only when the '
+                      'run succeeds).')
+  flags.DEFINE_enum('output_bit_depth', 'auto', ['auto', '8', '16'], 'Bit depth of fused.png and '
+                    'fused_lr.png; auto = 16 if any input is 16-bit, else 8.')
+  # Method (DFP_METHOD.md).
+  flags.DEFINE_integer('scale', 2, 'Super-resolution factor: 1 (plain fusion), 2 or 4.')
+  flags.DEFINE_integer('iters', 1000, 'Main-stage (fusion prior) steps K.')
+  flags.DEFINE_integer('mask_iters', 500, 'Decision-embedding steps K_m; 0 turns the embedding off.')
+  flags.DEFINE_string('doublereblur', '5,3,3,0.01,1', 'DoubleReblur parameters kg,kd,ke,t,f.')
+  flags.DEFINE_float('lr', 1e-3, 'Adam learning rate of the main stage.')
+  flags.DEFINE_float('mask_lr', 1e-3, 'Adam learning rate of the decision embedding.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the PRNG key (network init, noise input).')
+  flags.DEFINE_enum('input_type', 'mean', ['mean', 'noise'], 'Network input z: bicubic of the inputs\' '
+                    'mean, or uniform noise (deep image prior).')
+  flags.DEFINE_enum('output_average', 'ema', ['ema', 'last'], 'Result image: EMA (decay 0.99) of the '
+                    'iterates\' outputs, or the last iterate. Never chosen with a ground truth.')
+  flags.DEFINE_list('loss_weights', ['1', '0.5', '0.1'], 'alpha,beta,gamma: content, joint gradient, '
+                    'gradient limit.')
+  # Network.
+  flags.DEFINE_list('channels', ['8', '16', '32', '64', '128'], 'SKIPnet channels per scale (down = up); '
+                    'the count is the depth D.')
+  flags.DEFINE_list('skip_channels', ['4', '4', '4', '4', '4'], 'Skip channels per scale, image net.')
+  flags.DEFINE_list('mask_skip_channels', ['0', '0', '0', '4', '4'], 'Skip channels per scale, mask net.')
+  flags.DEFINE_integer('kernel_size', 5, 'Convolution size n_d (odd).')
+  flags.DEFINE_bool('double_3x3', False, 'Two 3x3 convolutions in place of each n_d x n_d one.')
+  flags.DEFINE_enum('upsample', 'bilinear', ['bilinear', 'nearest'], 'Decoder upsampling.')
+  # Runtime.
+  flags.DEFINE_integer('chunk_size', 50, 'Steps between progress reports / host syncs.')
+  flags.DEFINE_enum('loop', 'auto', ['auto', 'scan', 'python'], 'Step loop: lax.scan chunks, jitted '
+                    'steps dispatched from Python, or auto (python on CPU, scan on accelerators).')
+  flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16'], 'Convolution compute dtype.')
+  flags.DEFINE_bool('check_memory', True, 'Refuse inputs whose estimated memory exceeds what is free.')
+  flags.DEFINE_bool('compilation_cache', True, 'Use JAX\'s persistent compilation cache, so later runs '
+                    'of the same shapes skip compilation.')
+  flags.DEFINE_string('compilation_cache_dir', os.path.join(
+      os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'dfp_jax', 'jax'),
+                      'Folder of the persistent compilation cache.')
+
+
+def _ints(name, values):
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError:
+    raise ValueError(f'--{name} must be comma-separated integers, got {",".join(values)}') from None
+
+
+def config_from_flags(f) -> FusionConfig:
+  """The one conversion of flags into the library's configuration."""
+  channels = _ints('channels', f.channels)
+  skip = _ints('skip_channels', f.skip_channels)
+  mask_skip = _ints('mask_skip_channels', f.mask_skip_channels)
+  if not (len(channels) == len(skip) == len(mask_skip)):
+    raise ValueError(f'--channels, --skip_channels and --mask_skip_channels need the same number of '
+                     f'scales, got {len(channels)}, {len(skip)}, {len(mask_skip)}')
+  try:
+    weights = [float(w) for w in f.loss_weights]
+  except ValueError:
+    raise ValueError(f'--loss_weights must be three numbers alpha,beta,gamma, got '
+                     f'{",".join(f.loss_weights)}') from None
+  if len(weights) != 3:
+    raise ValueError(f'--loss_weights must be three numbers alpha,beta,gamma, got {",".join(f.loss_weights)}')
+  if f.scale not in (1, 2, 4):
+    raise ValueError(f'--scale must be 1, 2 or 4, got {f.scale}')
+  net = dict(kernel_size=f.kernel_size, double_3x3=f.double_3x3, upsample=f.upsample)
+  return FusionConfig(
+      scale=f.scale, iters=f.iters, mask_iters=f.mask_iters, lr=f.lr, mask_lr=f.mask_lr,
+      input_type=f.input_type, doublereblur=DoubleReblurParams.parse(f.doublereblur),
+      image_net=NetConfig(channels, channels, skip, **net),
+      mask_net=NetConfig(channels, channels, mask_skip, **net),
+      weights=LossWeights(*weights), output=f.output_average, chunk_size=f.chunk_size,
+      compute_dtype=f.compute_dtype, loop=f.loop)
+
+
+def setup_runtime(f):
+  """Process-wide JAX settings: only the entry point does this."""
+  if f.compilation_cache:
+    try:
+      os.makedirs(f.compilation_cache_dir, exist_ok=True)
+      jax.config.update('jax_compilation_cache_dir', f.compilation_cache_dir)
+      jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+      jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+    except OSError as e:
+      logging.warning('compilation cache disabled: cannot create %s (%s)', f.compilation_cache_dir, e)
+
+
+def versions() -> dict:
+  import flax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  return {'dfp_jax': dfp_jax.__version__, 'jax': jax.__version__,
+          'jaxlib': getattr(jax.lib, '__version__', None) or _pkg_version('jaxlib'),
+          'flax': flax.__version__, 'optax': optax.__version__, 'numpy': np.__version__,
+          'opencv': cv2.__version__, 'python': platform.python_version()}
+
+
+def _pkg_version(name):
+  try:
+    from importlib import metadata  # pylint: disable=g-import-not-at-top
+    return metadata.version(name)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def write_scene_outputs(folder: str, result: fusion.FusionResult, images, infos, config: FusionConfig,
+                        bit_depth: int, extra: dict | None = None) -> dict:
+  """Writes fused.png, fused_lr.png, decision maps, loss.png, comparison.png and summary.json."""
+  n = len(images)
+  files = []
+
+  def put_image(name, image, depth=8):
+    image_io.write_image(os.path.join(folder, name), image, depth)
+    files.append(name)
+
+  put_image('fused.png', result.fused, bit_depth)
+  put_image('fused_lr.png', result.fused_lr, bit_depth)
+  if n == 2:
+    put_image('decision_map_raw.png', viz.decision_map_image(result.decision_maps_raw[0]))
+    put_image('decision_map.png', viz.decision_map_image(result.decision_maps[0]))
+  else:
+    from dfp_jax import lightfield  # pylint: disable=g-import-not-at-top
+    for i in range(n):
+      put_image(f'decision_map_raw_{i:02d}.png', viz.decision_map_image(result.decision_maps_raw[i]))
+      put_image(f'decision_map_{i:02d}.png', viz.decision_map_image(result.decision_maps[i]))
+    index = np.asarray(lightfield.index_map(result.decision_maps))
+    colour = np.asarray(lightfield.index_map_image(index, n))
+    legend = lightfield.index_map_legend(n, [os.path.basename(i.path) for i in infos],
+                                         width=colour.shape[1])
+    put_image('index_map.png', np.concatenate([colour, legend], axis=0))
+  put_image('loss.png', viz.loss_plot(result.history))
+  bicubic = np.clip(np.asarray(resample.bicubic_upsample(np.mean(np.stack(images), 0), config.scale)), 0, 1)
+  put_image('comparison.png', viz.comparison(images, bicubic, result.fused,
+                                             [os.path.basename(i.path) for i in infos]))
+  final = {stage: {k: float(v[-1]) for k, v in terms.items()} for stage, terms in result.history.items()}
+  t = result.timings
+  summary = {
+      'dfp_jax_version': dfp_jax.__version__,
+      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'command': ' '.join(sys.argv),
+      'config': config.to_dict(),
+      'inputs': [i.to_dict() for i in infos],
+      'output': {'height': int(result.fused.shape[0]), 'width': int(result.fused.shape[1]),
+                 'channels': int(result.fused.shape[2]), 'bit_depth': bit_depth,
+                 'files': files + ['summary.json']},
+      'decision_map_fractions': {
+          'raw': [float(x) for x in result.decision_maps_raw.mean(axis=(1, 2))],
+          'embedded': [float(x) for x in result.decision_maps.mean(axis=(1, 2))]},
+      'timings_s': {k: v for k, v in t.items() if k.endswith('_s')},
+      'iterations_per_second': {'mask': t.get('mask_steps_per_s'), 'main': t.get('main_steps_per_s')},
+      'final_loss': final,
+      'versions': versions(),
+      'backend': jax.default_backend(),
+      'devices': [str(d) for d in jax.devices()],
+  }
+  if extra:
+    summary.update(extra)
+  image_io.write_json(os.path.join(folder, 'summary.json'), summary)
+  return summary
+
+
+def run_single(f) -> int:
+  """The single-scene job: --inputs -> --output_dir."""
+  config = config_from_flags(f)
+  if not f.inputs:
+    raise errors.InputError('no inputs: pass --inputs=a.png,b.png (2 or more images) or a --flagfile')
+  images, infos = image_io.load_inputs(f.inputs)
+  h, w, c = images[0].shape
+  fusion.validate_images(images, config, [i.path for i in infos])
+  mem = fusion.estimate_memory(h, w, len(images), c, config)
+  if f.check_memory:
+    mem = fusion.check_memory(h, w, len(images), c, config, name=infos[0].path)
+  bit_depth = int(f.output_bit_depth) if f.output_bit_depth != 'auto' else (
+      16 if any(i.bit_depth == 16 for i in infos) else 8)
+  logging.info('DFP: %d inputs of %dx%dx%d, x%d -> %dx%d; backend %s; estimated peak memory %.0f MiB',
+               len(images), h, w, c, config.scale, config.scale * h, config.scale * w,
+               jax.default_backend(), mem['peak'] / 2 ** 20)
+  with image_io.StagingDir(f.output_dir) as tmp:
+    result = fusion.fuse(images, config=config, key=jax.random.key(f.seed), names=[i.path for i in infos])
+    write_scene_outputs(tmp, result, images, infos, config, bit_depth,
+                        extra={'seed': f.seed, 'memory_estimate_bytes': mem})
+  logging.info('done in %.1f s: results in %s', result.timings['total_s'], os.path.abspath(f.output_dir))
+  return 0

@@ -1,0 +1,43 @@
+"""Deep Fusion Prior from the command line: fuse (and super-resolve) one scene.
+
+  python experiments/run.py --flagfile=mfi.flags
+  python experiments/run.py --inputs=near.png,far.png --scale=2 --output_dir=out
+
+Kept short on purpose: it parses flags, converts them once into a `dfp_jax.FusionConfig`, calls the
+library, and writes the outputs (see README.md for the list). Every user error is one line on stderr
+naming the file or flag and the problem, with exit status 2; nothing is written to --output_dir until
+the run has succeeded (outputs are staged in a temporary sibling folder, then moved into place).
+Paths in a flagfile are relative to the working directory, as absl reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+import jax
+
+from experiments import cli
+
+FLAGS = flags.FLAGS
+cli.define_flags()
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected positional arguments: {" ".join(argv[1:])} (use --inputs=a.png,b.png)')
+  try:
+    cli.setup_runtime(FLAGS)
+    return cli.run_single(FLAGS)
+  except cli.USER_ERRORS as e:
+    cli.fail(str(e))
+
+
+if __name__ == '__main__':
+  jax.config.parse_flags_with_absl()
+  app.run(main)

@@ -1,0 +1,121 @@
+"""End-to-end tests of experiments/run.py as a user runs it: outputs, 16-bit, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, 'experiments', 'run.py')
+EXAMPLE = os.path.join(ROOT, 'examples', 'lytro_golfer')
+TINY_FLAGS = ['--iters=3', '--mask_iters=2', '--chunk_size=2', '--channels=4,8', '--skip_channels=2,2',
+              '--mask_skip_channels=0,2', '--kernel_size=3', '--nocompilation_cache']
+
+
+def _run(args, cwd=ROOT):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, RUN] + args, cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+def _write(path, image):
+  assert cv2.imwrite(str(path), image)
+  return str(path)
+
+
+def test_tiny_flagfile_writes_every_output_16bit(tmp_path):
+  # 16-bit crops of the bundled pair: a 16-bit input must give 16-bit outputs.
+  paths = []
+  for name in 'AB':
+    im = cv2.imread(os.path.join(EXAMPLE, f'{name}.png'))[:40, :48]
+    paths.append(_write(tmp_path / f'{name}16.png', im.astype(np.uint16) * 257))
+  out = tmp_path / 'out'
+  flagfile = tmp_path / 'tiny.flags'
+  flagfile.write_text('\n'.join(['# tiny smoke run', f'--inputs={paths[0]},{paths[1]}',
+                                 f'--output_dir={out}', '--scale=2'] + TINY_FLAGS) + '\n')
+  r = _run([f'--flagfile={flagfile}'])
+  assert r.returncode == 0, r.stderr[-3000:]
+  expected = {'fused.png', 'fused_lr.png', 'decision_map_raw.png', 'decision_map.png', 'loss.png',
+              'comparison.png', 'summary.json'}
+  assert set(os.listdir(out)) == expected
+  fused = cv2.imread(str(out / 'fused.png'), cv2.IMREAD_UNCHANGED)
+  assert fused.shape == (80, 96, 3) and fused.dtype == np.uint16
+  assert cv2.imread(str(out / 'fused_lr.png'), cv2.IMREAD_UNCHANGED).shape == (40, 48, 3)
+  s = json.loads((out / 'summary.json').read_text())
+  assert s['config']['scale'] == 2 and s['config']['iters'] == 3
+  assert [i['bit_depth'] for i in s['inputs']] == [16, 16]
+  assert s['output']['bit_depth'] == 16
+  assert set(s['final_loss']) == {'mask', 'main'}
+  assert set(s['final_loss']['main']) == {'total', 'content', 'joint_grad', 'grad_limit'}
+  assert s['iterations_per_second']['main'] > 0 and s['backend'] == 'cpu'
+  assert {'main_s', 'mask_s', 'doublereblur_s', 'total_s'} <= set(s['timings_s'])
+  assert 'jax' in s['versions'] and 'flax' in s['versions']
+  assert 'compiling' in r.stderr and 'ETA' in r.stderr  # Progress is shown.
+  assert sorted(os.listdir(tmp_path)) == sorted(['A16.png', 'B16.png', 'out', 'tiny.flags'])
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  d = tmp_path_factory.mktemp('inputs')
+  rng = np.random.default_rng(0)
+  f = {
+      'a': _write(d / 'a.png', rng.integers(0, 256, (48, 48, 3)).astype(np.uint8)),
+      'b': _write(d / 'b.png', rng.integers(0, 256, (48, 48, 3)).astype(np.uint8)),
+      'other_size': _write(d / 'c.png', rng.integers(0, 256, (48, 40, 3)).astype(np.uint8)),
+      'tiny': _write(d / 'tiny.png', rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)),
+      'tiny2': _write(d / 'tiny2.png', rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)),
+      'huge': _write(d / 'huge.png', np.zeros((4000, 4000, 3), np.uint8)),
+      'huge2': _write(d / 'huge2.png', np.zeros((4000, 4000, 3), np.uint8)),
+  }
+  text = d / 'notes.png'
+  text.write_text('hello')
+  f['text'] = str(text)
+  f['dir'] = str(d)
+  return f
+
+
+@pytest.mark.parametrize('case, match', [
+    ('missing', 'nope.png: file not found'),
+    ('text', 'notes.png: not an image'),
+    ('one', 'at least 2 input images'),
+    ('sizes', 'c.png: size 48x40'),
+    ('small', 'tiny.png: 8x8 is too small'),
+    ('scale', '--scale must be 1, 2 or 4'),
+    ('doublereblur', '--doublereblur needs 5 comma-separated values'),
+    ('outdir', 'cannot write the output folder'),
+    ('memory', 'huge.png: 4000x4000 at x4 needs about'),
+    ('positional', 'unexpected positional arguments'),
+])
+def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'keep.txt').write_text('previous results')
+  a, b = files['a'], files['b']
+  args = {
+      'missing': [f'--inputs={a},{files["dir"]}/nope.png'],
+      'text': [f'--inputs={a},{files["text"]}'],
+      'one': [f'--inputs={a}'],
+      'sizes': [f'--inputs={a},{files["other_size"]}'],
+      'small': [f'--inputs={files["tiny"]},{files["tiny2"]}', '--channels=8,16,32,64,128',
+                '--skip_channels=4,4,4,4,4', '--mask_skip_channels=0,0,0,4,4'],
+      'scale': [f'--inputs={a},{b}', '--scale=3'],
+      'doublereblur': [f'--inputs={a},{b}', '--doublereblur=5,3,3'],
+      'outdir': [f'--inputs={a},{b}', f'--output_dir={files["text"]}/sub'],
+      'memory': [f'--inputs={files["huge"]},{files["huge2"]}', '--scale=4',
+                 '--channels=8,16,32,64,128', '--skip_channels=4,4,4,4,4', '--mask_skip_channels=0,0,0,4,4'],
+      'positional': [f'--inputs={a},{b}', 'extra'],
+  }[case]
+  if not any(x.startswith('--output_dir') for x in args):
+    args.append(f'--output_dir={out}')
+  if case not in ('small', 'memory'):
+    args += TINY_FLAGS
+  r = _run(args)
+  assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+  err_lines = [l for l in r.stderr.splitlines() if l.startswith('error: ')]
+  assert len(err_lines) == 1 and match in err_lines[0], r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr
+  assert os.listdir(out) == ['keep.txt']  # Nothing written, nothing lost.

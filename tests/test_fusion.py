@@ -1,0 +1,127 @@
+"""Tests of the one-scene pipeline dfp_jax.fuse: shapes, partitions, determinism, errors, memory."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dfp_jax
+from dfp_jax import fusion
+from dfp_jax import models
+from dfp_jax.config import FusionConfig
+from dfp_jax.errors import InputError, MemoryBudgetError
+
+TINY = models.NetConfig((4, 8), (4, 8), (2, 2), 3)
+TINY_MASK = models.NetConfig((4, 8), (4, 8), (0, 2), 3)
+CFG = FusionConfig(scale=2, iters=6, mask_iters=3, chunk_size=4, image_net=TINY, mask_net=TINY_MASK)
+
+
+def _pair(h=16, w=20, c=3, seed=0):
+  """A sharp texture with the left half blurred in B and the right half blurred in A."""
+  rng = np.random.default_rng(seed)
+  x = rng.random((h, w, c)).astype(np.float32)
+  k = np.array([1, 4, 6, 4, 1], np.float32) / 16
+  blur = x.copy()
+  for axis in (0, 1):
+    blur = np.apply_along_axis(lambda v: np.convolve(np.pad(v, 2, mode='reflect'), k, 'valid'), axis, blur)
+  left = np.arange(w) < w // 2
+  a = np.where(left[None, :, None], x, blur)
+  b = np.where(left[None, :, None], blur, x)
+  return a.astype(np.float32), b.astype(np.float32)
+
+
+def test_fuse_shapes_partition_and_history():
+  a, b = _pair()
+  r = dfp_jax.fuse([a, b], scale=2, config=CFG, key=jax.random.key(1), progress=None)
+  assert r.fused.shape == (32, 40, 3) and r.fused_lr.shape == (16, 20, 3)
+  assert r.fused.min() >= 0 and r.fused.max() <= 1
+  for maps in (r.decision_maps_raw, r.decision_maps):
+    assert maps.shape == (2, 16, 20)
+    np.testing.assert_array_equal(maps.sum(0), 1.0)
+    assert set(np.unique(maps)) <= {0.0, 1.0}
+  assert {k: len(v['total']) for k, v in r.history.items()} == {'mask': 3, 'main': 6}
+  assert set(r.history['main']) == {'total', 'content', 'joint_grad', 'grad_limit'}
+  np.testing.assert_allclose(
+      r.history['main']['total'],
+      r.history['main']['content'] + 0.5 * r.history['main']['joint_grad']
+      + 0.1 * r.history['main']['grad_limit'], rtol=1e-5)
+
+
+def test_few_steps_reduce_the_loss_on_a_32x32_pair():
+  a, b = _pair(32, 32, seed=2)
+  cfg = CFG.replace(iters=12, mask_iters=0, lr=1e-2)
+  r = dfp_jax.fuse([a, b], config=cfg, key=jax.random.key(0), progress=None)
+  total = r.history['main']['total']
+  assert total[-1] < 0.9 * total[0], total
+  assert np.all(np.diff(total) < 0), total
+  np.testing.assert_array_equal(r.decision_maps, r.decision_maps_raw)  # mask_iters=0: raw maps.
+
+
+def test_bit_identical_for_same_key_and_different_for_other_key():
+  a, b = _pair(seed=3)
+  r1 = dfp_jax.fuse([a, b], config=CFG, key=jax.random.key(7), progress=None)
+  r2 = dfp_jax.fuse([a, b], config=CFG, key=jax.random.key(7), progress=None)
+  r3 = dfp_jax.fuse([a, b], config=CFG, key=jax.random.key(8), progress=None)
+  np.testing.assert_array_equal(r1.fused, r2.fused)
+  np.testing.assert_array_equal(r1.decision_maps, r2.decision_maps)
+  assert not np.array_equal(r1.fused, r3.fused)
+
+
+def test_three_inputs_grey_and_noise_input():
+  a, b = _pair(c=1, seed=4)
+  c = 0.5 * (a + b)
+  cfg = CFG.replace(scale=1, input_type='noise', noise_channels=4)
+  r = dfp_jax.fuse([a, b, c], config=cfg, progress=None)
+  assert r.fused.shape == (16, 20, 1)
+  assert r.network_input.shape == (16, 20, 4)
+  assert r.decision_maps.shape == (3, 16, 20)
+  np.testing.assert_array_equal(r.decision_maps.sum(0), 1.0)
+
+
+def test_ema_output_is_not_the_last_iterate():
+  a, b = _pair(seed=5)
+  r_ema = dfp_jax.fuse([a, b], config=CFG, progress=None)
+  r_last = dfp_jax.fuse([a, b], config=CFG.replace(output='last'), progress=None)
+  assert not np.allclose(r_ema.fused, r_last.fused)
+
+
+@pytest.mark.parametrize('images, match', [
+    ([np.zeros((16, 16, 3), np.float32)], 'at least 2'),
+    ([np.zeros((16, 16, 3), np.float32), np.zeros((16, 18, 3), np.float32)], 'differs'),
+    ([np.zeros((16, 16, 3), np.float32), np.zeros((16, 16, 1), np.float32)], 'channel'),
+    ([np.zeros((4, 4, 3), np.float32)] * 2, 'too small'),
+    ([np.full((16, 16, 3), 2.0, np.float32)] * 2, r'\[0, 1\]'),
+    ([np.full((16, 16, 3), np.nan, np.float32)] * 2, 'NaN'),
+])
+def test_validate_images_errors(images, match):
+  with pytest.raises(InputError, match=match):
+    fusion.validate_images(images, CFG, names=[f'img{i}.png' for i in range(len(images))])
+
+
+def test_config_rejects_bad_values():
+  for bad in (dict(scale=3), dict(iters=0), dict(input_type='zeros'), dict(output='best'),
+              dict(loop='while')):
+    with pytest.raises(ValueError):
+      FusionConfig(**bad)
+
+
+def test_memory_estimate_tracks_the_compiled_step():
+  """The up-front estimate is within 25% of XLA's memory analysis of the compiled main step."""
+  cfg = FusionConfig(scale=2)
+  h = w = 48
+  x = jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32)
+  m = jax.ShapeDtypeStruct((2, h, w), jnp.float32)
+  state, prob = jax.eval_shape(lambda k, x, m: fusion.init_main_state(k, x, m, config=cfg),
+                               jax.random.key(0), x, m)
+  ma = fusion.main_stage(cfg, 3).jit_step.lower(state, prob).compile().memory_analysis()
+  compiled = ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+  est = fusion.estimate_memory(h, w, 2, 3, cfg)['main']
+  assert abs(est - compiled) / compiled < 0.25, (est, compiled)
+
+
+def test_check_memory_refuses_with_estimate_and_size_that_fits():
+  cfg = FusionConfig(scale=4)
+  with pytest.raises(MemoryBudgetError, match=r'big.png: 2000x3000 at x4 needs about .* GiB .* largest'):
+    fusion.check_memory(2000, 3000, 2, 3, cfg, available=2 * 2 ** 30, name='big.png')
+  est = fusion.check_memory(64, 64, 2, 3, cfg, available=2 * 2 ** 30)
+  assert est['peak'] < 2 * 2 ** 30
