@@ -35,7 +35,7 @@ class FusionConfig:
   image_net: NetConfig = IMAGE_NET  # Main SKIPnet.
   mask_net: NetConfig = MASK_NET  # Decision-embedding SKIPnet.
   weights: LossWeights = LossWeights()  # alpha, beta, gamma (and per-input lambda).
-  output: str = 'ema'  # Final image: 'ema' of the iterates' outputs, or the 'last' iterate's.
+  output: str = 'ema'  # Result: 'ema' of the iterates' outputs (image and embedded maps), or 'last'.
   ema_decay: float = 0.99  # Decay of that EMA.
   chunk_size: int = 50  # Steps per compiled lax.scan call (progress is reported between chunks).
   compute_dtype: str = 'float32'  # Convolution compute dtype ('bfloat16' for accelerators).

@@ -185,6 +185,17 @@ class NetConfig:
   double_3x3: bool = False  # Two 3x3 convolutions instead of each n_d x n_d one.
   upsample: str = 'bilinear'  # Decoder upsampling.
 
+  def __post_init__(self):
+    if not (len(self.channels_down) == len(self.channels_up) == len(self.channels_skip)):
+      raise ValueError('channels_down, channels_up and channels_skip must have the same length, got '
+                       f'{self.channels_down}, {self.channels_up}, {self.channels_skip}')
+    if len(self.channels_down) < 1:
+      raise ValueError('a SKIPnet needs at least one scale')
+    if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+      raise ValueError(f'kernel_size must be odd, got {self.kernel_size}')
+    if self.upsample not in ('bilinear', 'nearest'):
+      raise ValueError(f"upsample must be 'bilinear' or 'nearest', got '{self.upsample}'")
+
   def build(self, out_channels: int, output_activation: str = 'sigmoid',
             dtype=jnp.float32) -> SkipNet:
     return SkipNet(out_channels=out_channels, channels_down=tuple(self.channels_down),
