@@ -310,8 +310,11 @@ def test_mask_stage_runs_and_gives_partitions():
                                      progress=None, loop='python')
   assert int(state.step) == 3 and report.history['total'].shape == (3,)
   assert set(report.history) == {'total', 'map', 'masked_inputs'}
-  hard = np.asarray(fusion.embedded_maps(state))
+  hard = np.asarray(fusion.embedded_maps(state, config=CONFIG, num_inputs=2))
   chex.assert_shape(hard, (2, SIZE, SIZE))
   np.testing.assert_array_equal(hard.sum(axis=0), 1.0)
-  # state.output holds the soft maps of the last forward pass; the embedded maps are their binarisation.
-  np.testing.assert_array_equal(hard, np.asarray(embedding.hard_maps(state.output)))
+  # By default the embedded maps binarise the bias-corrected EMA of the soft maps ...
+  np.testing.assert_array_equal(hard, np.asarray(embedding.hard_maps(optimize.ema_output(stage, state))))
+  # ... and with output='last' the soft maps of the last forward pass.
+  last = np.asarray(fusion.embedded_maps(state, config=CONFIG.replace(output='last'), num_inputs=2))
+  np.testing.assert_array_equal(last, np.asarray(embedding.hard_maps(state.output)))
