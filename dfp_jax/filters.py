@@ -32,6 +32,8 @@ def luma(image: jnp.ndarray) -> jnp.ndarray:
   A single-channel image is already grey: it is returned as is (no offset), so that grey inputs fuse
   with the same focus decisions whatever their channel count.
   """
+  if not jnp.issubdtype(image.dtype, jnp.floating):
+    raise TypeError(f'luma expects a floating-point image in [0, 1], got dtype {image.dtype}')
   if image.shape[-1] == 1:
     return image[..., 0]
   if image.shape[-1] != 3:
@@ -109,9 +111,19 @@ def gaussian_blur(x: jnp.ndarray, ksize: int, sigma: float | None = None) -> jnp
 
 
 def box_mean(x: jnp.ndarray, ksize: int, mode: str = 'reflect') -> jnp.ndarray:
-  """Mean over a ksize x ksize window (cv2.blur with BORDER_REFLECT_101)."""
-  k = np.full((ksize,), 1.0 / ksize, np.float32)
-  return separable_correlate(x, k, k, mode)
+  """Mean over a ksize x ksize window (cv2.blur with BORDER_REFLECT_101), odd or even ksize.
+
+  For an even ksize the window spans [i - ksize/2, i + ksize/2 - 1], OpenCV's default anchor.
+  """
+  if ksize < 1:
+    raise ValueError(f'box size must be >= 1, got {ksize}')
+  if ksize == 1:
+    return x
+  before, after = ksize // 2, (ksize - 1) // 2
+  xp = _pad2d(x, (before, after), (before, after), mode)
+  window = (1,) * (x.ndim - 2) + (ksize, ksize)
+  total = lax.reduce_window(xp, jnp.asarray(0, x.dtype), lax.add, window, (1,) * x.ndim, 'VALID')
+  return total / (ksize * ksize)
 
 
 def laplacian(x: jnp.ndarray) -> jnp.ndarray:

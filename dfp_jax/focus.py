@@ -74,7 +74,10 @@ class DoubleReblurParams:
     try:
       kg, kd, ke = (int(p) for p in parts[:3])
       t = float(parts[3])
-      f = int(float(parts[4]))
+      f = float(parts[4])
+      if f not in (0.0, 1.0):
+        raise ValueError
+      f = int(f)
     except ValueError:
       raise ValueError(
           f"--doublereblur values must be integers kg,kd,ke, a number t and f in {{0,1}}, got '{text}'"
@@ -106,7 +109,8 @@ def relative_blur_kernel(y_a: jnp.ndarray, y_b: jnp.ndarray, radius: int = 5,
   fa = jnp.fft.fft2(y_a.astype(jnp.float32))
   fb = jnp.fft.fft2(y_b.astype(jnp.float32))
   power = jnp.real(fa * jnp.conj(fa))
-  eps = wiener_eps * jnp.mean(power)
+  # The tiny floor keeps an all-black image from giving 0 / 0.
+  eps = wiener_eps * jnp.mean(power) + 1e-12
   ratio = jnp.conj(fa) * fb / (power + eps)
   fy = np.fft.fftfreq(h).astype(np.float32)[:, None]
   fx = np.fft.fftfreq(w).astype(np.float32)[None, :]
@@ -116,7 +120,10 @@ def relative_blur_kernel(y_a: jnp.ndarray, y_b: jnp.ndarray, radius: int = 5,
   cy, cx = h // 2, w // 2
   k = lax.dynamic_slice(k, (cy - (radius - 1), cx - (radius - 1)), (size, size))
   k = jnp.abs(k)
-  return k / jnp.maximum(jnp.sum(k), 1e-12)
+  total = jnp.sum(k)
+  # A black B gives an all-zero kernel: fall back to the identity (no reblur) rather than a zero kernel.
+  delta = jnp.zeros((size, size), k.dtype).at[radius - 1, radius - 1].set(1.0)
+  return jnp.where(total > 1e-12, k / jnp.maximum(total, 1e-12), delta)
 
 
 def _propagate_max_labels(mask: jnp.ndarray) -> jnp.ndarray:
@@ -206,7 +213,7 @@ def focus_measures(lumas: jnp.ndarray, params: DoubleReblurParams = DoubleReblur
     others = (total - y) / (n - 1)
     kernel = relative_blur_kernel(y, others, params.radius, params.wiener_eps, params.lowpass_sigma)
     _, _, s = reblur_response(y, kernel, params.kg)
-    return filters.box_mean(s, max(params.kd, 1))
+    return filters.box_mean(s, params.kd)
 
   return jax.vmap(one)(lumas)
 

@@ -132,7 +132,7 @@ def test_correlate_traced_kernel_and_leading_dims():
 
 
 @pytest.mark.parametrize('shape', SHAPES)
-@pytest.mark.parametrize('ksize', [1, 3, 5, 7])
+@pytest.mark.parametrize('ksize', [1, 2, 3, 4, 5, 7])
 def test_box_mean_matches_blur(shape, ksize):
   x = _rand(shape, seed=8)
   expected = cv2.blur(x.astype(np.float64), (ksize, ksize), borderType=cv2.BORDER_REFLECT_101)
@@ -226,3 +226,8 @@ def test_luma_known_values_grey_and_errors():
   np.testing.assert_array_equal(_np(filters.luma(jnp.asarray(grey))), grey[..., 0])
   with pytest.raises(ValueError):
     filters.luma(jnp.zeros((4, 4, 4)))
+
+
+def test_luma_rejects_integer_images():
+  with pytest.raises(TypeError):
+    filters.luma(jnp.full((2, 2, 3), 255, jnp.uint8))

@@ -406,7 +406,6 @@ def test_params_parse_rejects(text):
     focus.DoubleReblurParams.parse(text)
 
 
-@pytest.mark.xfail(strict=False, reason='library: parse truncates f with int(float(.)), so f=1.7 -> 1')
 def test_params_parse_rejects_fractional_f():
   with pytest.raises(ValueError):
     focus.DoubleReblurParams.parse('5,3,3,0.01,1.7')
@@ -490,8 +489,6 @@ def test_decision_maps_ties_go_to_lower_index():
   np.testing.assert_array_equal(maps[0], 1.0)
 
 
-@pytest.mark.xfail(strict=False, reason='library: box_mean in focus_measures rejects the even k_d that '
-                   'DoubleReblurParams accepts (N > 2 only)')
 def test_decision_maps_n3_even_kd():
   images, _ = _focal_stack(3)
   maps = np.asarray(_decision_maps(jnp.asarray(images), focus.DoubleReblurParams.parse('5,4,3,0.01,1')))
@@ -542,3 +539,11 @@ def test_vmap_over_pairs_equals_loop():
     chex.assert_trees_all_close(batched.kernel[i], single.kernel, atol=1e-7)
     chex.assert_trees_all_close(batched.s[i], single.s, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(batched.decision[i]), np.asarray(single.decision))
+
+
+def test_black_inputs_give_finite_kernels():
+  y = jnp.asarray(np.random.default_rng(11).random((32, 32)).astype(np.float32))
+  black = jnp.zeros((32, 32), jnp.float32)
+  for a, b in ((black, y), (y, black), (black, black)):
+    k = np.asarray(focus.relative_blur_kernel(a, b))
+    assert np.all(np.isfinite(k)) and abs(k.sum() - 1.0) < 1e-5
