@@ -2,6 +2,7 @@
 
   python experiments/run.py --flagfile=mfi.flags
   python experiments/run.py --inputs=near.png,far.png --scale=2 --output_dir=out
+  python experiments/run.py --flagfile=plenoptic.flags          # light field -> focal stack -> DFP
 
 Kept short on purpose: it parses flags, converts them once into a `dfp_jax.FusionConfig`, calls the
 library, and writes the outputs (see README.md for the list). Every user error is one line on stderr
@@ -23,9 +24,11 @@ from absl import logging
 import jax
 
 from experiments import cli
+from experiments import plenoptic
 
 FLAGS = flags.FLAGS
 cli.define_flags()
+plenoptic.define_lightfield_flags()
 
 
 def main(argv):
@@ -33,6 +36,8 @@ def main(argv):
     cli.fail(f'unexpected positional arguments: {" ".join(argv[1:])} (use --inputs=a.png,b.png)')
   try:
     cli.setup_runtime(FLAGS)
+    if FLAGS.lightfield:
+      return plenoptic.run_lightfield(FLAGS)
     return cli.run_single(FLAGS)
   except cli.USER_ERRORS as e:
     cli.fail(str(e))
