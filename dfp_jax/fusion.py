@@ -122,9 +122,7 @@ def mask_stage(config: FusionConfig, num_inputs: int) -> optimize.Stage:
                                            problem['images'])
     return loss, (terms, soft)
 
-  stage = optimize.Stage('mask', loss_fn, optax.adam(config.mask_lr), config.ema_decay)
-  object.__setattr__(stage, 'net', net)
-  return stage
+  return optimize.Stage('mask', loss_fn, optax.adam(config.mask_lr), config.ema_decay, net)
 
 
 @functools.lru_cache(maxsize=64)
@@ -141,9 +139,7 @@ def main_stage(config: FusionConfig, channels: int) -> optimize.Stage:
                                      problem['grad_target'], weights)
     return loss, (terms, out_hr)
 
-  stage = optimize.Stage('main', loss_fn, optax.adam(config.lr), config.ema_decay)
-  object.__setattr__(stage, 'net', net)
-  return stage
+  return optimize.Stage('main', loss_fn, optax.adam(config.lr), config.ema_decay, net)
 
 
 @functools.partial(jax.jit, static_argnames='config')

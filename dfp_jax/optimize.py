@@ -65,6 +65,7 @@ class Stage:
   loss_fn: LossFn  # Pure loss of (params, problem).
   optimizer: optax.GradientTransformation  # E.g. optax.adam(1e-3).
   ema_decay: float = 0.99  # Decay of the output EMA.
+  net: Any = None  # The Flax module the loss applies (used to initialise parameters), if any.
 
   @functools.cached_property
   def jit_step(self):
