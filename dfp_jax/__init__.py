@@ -4,6 +4,8 @@ Multi-focus image fusion and super-resolution from two or more photos of one sce
 data. The public API:
 
   fuse(images, scale=2, config=FusionConfig(), key=...) -> FusionResult   one scene, arrays in/out
+  fuse_batch(scenes, config, strategy='auto') -> (results, BatchReport)     many scenes (vmap/shard/loop)
+  StopRule                                                                 the convergence stop
   FusionConfig, DoubleReblurParams, LossWeights, NetConfig                 configuration
   decision_maps, double_reblur                                             the focus measure
   SkipNet                                                                  the network
@@ -12,6 +14,7 @@ data. The public API:
 
 __version__ = '0.1.0'
 
+from dfp_jax.batch import BatchError, BatchReport, fuse_batch
 from dfp_jax.config import FusionConfig
 from dfp_jax.errors import InputError, MemoryBudgetError
 from dfp_jax.focus import DoubleReblurParams, decision_maps, double_reblur
@@ -19,9 +22,10 @@ from dfp_jax.fusion import FusionResult, estimate_memory, fuse
 from dfp_jax.image_io import load_inputs, read_image, write_image
 from dfp_jax.losses import LossWeights
 from dfp_jax.models import NetConfig, SkipNet
+from dfp_jax.optimize import StopRule
 
 __all__ = [
     'FusionConfig', 'FusionResult', 'DoubleReblurParams', 'LossWeights', 'NetConfig', 'SkipNet',
     'InputError', 'MemoryBudgetError', 'decision_maps', 'double_reblur', 'estimate_memory', 'fuse',
-    'load_inputs', 'read_image', 'write_image',
+    'load_inputs', 'read_image', 'write_image', 'fuse_batch', 'BatchError', 'BatchReport', 'StopRule',
 ]

@@ -1,15 +1,22 @@
 """Baseline fusions to compare DFP with ("MFIF method + SR method", as the papers do).
 
-Fusion (at the inputs' resolution): the average; selection by the DoubleReblur decision maps.
-Upsampling: bicubic (OpenCV's INTER_CUBIC) or nearest. All pure jnp on [N, H, W, C] stacks in [0, 1].
+Fusion (at the inputs' resolution): the average; selection by the DoubleReblur decision maps;
+Laplacian-pyramid fusion (Burt & Adelson 1983: max-absolute detail coefficients, averaged base).
+Upsampling: bicubic (OpenCV's INTER_CUBIC), Lanczos-3 or nearest. All pure jnp on [N, H, W, C] stacks in [0, 1].
 """
 
 from __future__ import annotations
 
+import numpy as np
+import jax
 import jax.numpy as jnp
 
+from dfp_jax import filters
 from dfp_jax import focus
 from dfp_jax import resample
+
+_PYR_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0  # OpenCV's pyrDown/pyrUp 5-tap binomial.
+_LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def average_fusion(images: jnp.ndarray) -> jnp.ndarray:
@@ -31,6 +38,58 @@ def upsample(image: jnp.ndarray, scale: int, method: str = 'bicubic') -> jnp.nda
     return image
   if method == 'bicubic':
     return jnp.clip(resample.bicubic_upsample(image, scale), 0.0, 1.0)
+  if method == 'lanczos':  # Lanczos-3, half-pixel centres (as cv2.resize), clipped to [0, 1].
+    h, w, c = image.shape
+    return jnp.clip(jax.image.resize(image, (scale * h, scale * w, c), 'lanczos3'), 0.0, 1.0)
   if method == 'nearest':
     return jnp.repeat(jnp.repeat(image, scale, axis=0), scale, axis=1)
-  raise ValueError(f"unknown upsampling method '{method}' (use 'bicubic' or 'nearest')")
+  raise ValueError(f"unknown upsampling method '{method}' (use 'bicubic', 'lanczos' or 'nearest')")
+
+
+def pyr_down(x: jnp.ndarray) -> jnp.ndarray:
+  """cv2.pyrDown on [..., H, W]: 5x5 binomial blur (BORDER_REFLECT_101), every second pixel ->
+  [..., ceil(H/2), ceil(W/2)]."""
+  y = filters.separable_correlate(x, _PYR_KERNEL, _PYR_KERNEL, 'reflect')
+  return y[..., ::2, ::2]
+
+
+def pyr_up(x: jnp.ndarray, shape: tuple[int, int]) -> jnp.ndarray:
+  """cv2.pyrUp on [..., h, w] to `shape` (H, W) with H in {2h - 1, 2h}: zeros inserted, 5x5 binomial
+  x 4. At the borders OpenCV mirrors the source (reflect-101) at the top/left and repeats its last
+  row/column at the bottom/right; this matches it exactly (tests/test_baselines.py)."""
+  h, w = x.shape[-2:]
+  lead = [(0, 0)] * (x.ndim - 2)
+  xp = jnp.pad(x, lead + [(1, 0), (1, 0)], mode='reflect')
+  xp = jnp.pad(xp, lead + [(0, 1), (0, 1)], mode='edge')
+  z = jnp.zeros(x.shape[:-2] + (2 * (h + 2), 2 * (w + 2)), x.dtype).at[..., ::2, ::2].set(xp)
+  k = 2.0 * _PYR_KERNEL
+  y = filters.separable_correlate(z, k, k, 'constant')
+  return y[..., 2:2 + shape[0], 2:2 + shape[1]]
+
+
+def laplacian_pyramid_fusion(images: jnp.ndarray, levels: int = 4) -> jnp.ndarray:
+  """Laplacian-pyramid fusion of N inputs [N, H, W, C] -> [H, W, C] (Burt & Adelson 1983).
+
+  Each input's Laplacian pyramid (cv2.pyrDown / pyrUp conventions, `levels` detail levels, fewer if
+  the coarsest level would drop below 8 pixels); at every detail level and pixel the coefficients of
+  the input whose luma coefficient has the largest magnitude are taken (all channels together, so no
+  colour is mixed from two sources); the coarsest level is averaged; the result is reconstructed and
+  clipped to [0, 1].
+  """
+  n, h, w, c = images.shape
+  levels = max(0, min(levels, int(np.floor(np.log2(max(min(h, w), 1) / 8.0)))))
+  x = jnp.moveaxis(images, -1, 1)  # [N, C, H, W]
+  gauss = [x]
+  for _ in range(levels):
+    gauss.append(pyr_down(gauss[-1]))
+  weights = jnp.asarray(_LUMA if c == 3 else np.ones(c) / c, x.dtype)
+  fused = []
+  for fine, coarse in zip(gauss[:-1], gauss[1:]):
+    lap = fine - pyr_up(coarse, fine.shape[-2:])  # [N, C, h, w]
+    activity = jnp.abs(jnp.einsum('nchw,c->nhw', lap, weights))
+    pick = jnp.argmax(activity, axis=0)  # [h, w]
+    fused.append(jnp.take_along_axis(lap, pick[None, None].repeat(c, 1), axis=0)[0])
+  out = jnp.mean(gauss[-1], axis=0)
+  for detail in reversed(fused):
+    out = pyr_up(out, detail.shape[-2:]) + detail
+  return jnp.clip(jnp.moveaxis(out, 0, -1), 0.0, 1.0)

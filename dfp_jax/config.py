@@ -18,6 +18,7 @@ SCALES = (1, 2, 4)
 INPUT_TYPES = ('mean', 'noise')
 OUTPUTS = ('ema', 'last')
 DTYPES = ('float32', 'bfloat16')
+STOPS = ('auto', 'fixed')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,15 @@ class FusionConfig:
   chunk_size: int = 50  # Steps per compiled lax.scan call (progress is reported between chunks).
   compute_dtype: str = 'float32'  # Convolution compute dtype ('bfloat16' for accelerators).
   loop: str = 'auto'  # Step loop: 'scan' (lax.scan chunks), 'python' (dispatched jitted steps), 'auto'.
+  # Convergence stop (no ground truth; optimize.StopRule): 'auto' ends a stage once its result (the EMA
+  # of the outputs) changes by less than stop_tol (mean absolute change, intensities in [0, 1]) per
+  # stop_window steps, stop_patience windows in a row, after stop_min_iters steps; iters and
+  # mask_iters are then maxima. 'fixed' runs exactly iters and mask_iters.
+  stop: str = 'auto'
+  stop_tol: float = 2e-4
+  stop_window: int = 50
+  stop_min_iters: int = 200
+  stop_patience: int = 2
 
   def __post_init__(self):
     if self.scale not in SCALES:
@@ -60,8 +70,21 @@ class FusionConfig:
       raise ValueError(f'chunk_size must be >= 1, got {self.chunk_size}')
     if self.loop not in ('auto', 'scan', 'python'):
       raise ValueError(f"loop must be 'auto', 'scan' or 'python', got '{self.loop}'")
+    if self.stop not in STOPS:
+      raise ValueError(f"stop must be one of {STOPS}, got '{self.stop}'")
+    if not (self.stop_tol > 0 and self.stop_window >= 1 and self.stop_min_iters >= 0 and
+            self.stop_patience >= 1):
+      raise ValueError('stop_tol must be > 0, stop_window and stop_patience >= 1, stop_min_iters >= 0')
     if self.compute_dtype not in DTYPES:
       raise ValueError(f"compute_dtype must be one of {DTYPES}, got '{self.compute_dtype}'")
+
+  def stop_rule(self, stage: str):
+    """The optimize.StopRule of 'main' or 'mask', or None with stop='fixed'."""
+    from dfp_jax.optimize import StopRule  # pylint: disable=g-import-not-at-top
+    if self.stop == 'fixed':
+      return None
+    min_steps = self.stop_min_iters if stage == 'main' else min(self.stop_min_iters, self.mask_iters // 2)
+    return StopRule(self.stop_tol, self.stop_window, min_steps, self.stop_patience)
 
   def replace(self, **changes) -> 'FusionConfig':
     return dataclasses.replace(self, **changes)

@@ -67,16 +67,36 @@ class Stage:
   ema_decay: float = 0.99  # Decay of the output EMA.
   net: Any = None  # The Flax module the loss applies (used to initialise parameters), if any.
 
+  def step(self, state: 'TrainState', problem) -> tuple['TrainState', dict]:
+    """One update of `state` (`train_step`); the batch engine overrides it with a vmapped one."""
+    return train_step(self, state, problem)
+
+  def output_change(self, state: 'TrainState', previous):
+    """(result, change): the stage's current result (`ema_output`) and its mean absolute change from
+    `previous` (a scalar; the batch engine's version returns one per scene)."""
+    current = ema_output(self, state)
+    return current, jnp.mean(jnp.abs(current - previous))
+
+  @functools.cached_property
+  def jit_output_change(self):
+    return jax.jit(self.output_change)
+
   @functools.cached_property
   def jit_step(self):
-    """`train_step` jitted for this stage, the state donated."""
-    return jax.jit(functools.partial(train_step, self), donate_argnums=(0,))
+    """`step` jitted for this stage, the state donated."""
+    return jax.jit(self.step, donate_argnums=(0,))
 
   @functools.cached_property
   def jit_chunk(self):
     """`run_chunk` jitted for this stage, the state donated (it is replaced every call)."""
     return jax.jit(functools.partial(run_chunk, self), static_argnames=('chunk_size',),
                    donate_argnums=(0,))
+
+  @functools.cached_property
+  def compiled(self) -> dict:
+    """Executables compiled by `compile_chunk`, keyed by loop, chunk size and argument shapes, so a
+    stage run again on the same shapes (the next scene of a batch) is not traced or compiled again."""
+    return {}
 
 
 def init_state(stage: Stage, params, output_shape, dtype=jnp.float32) -> TrainState:
@@ -110,12 +130,24 @@ def run_chunk(stage: Stage, state: TrainState, problem, num_active, chunk_size: 
   """
 
   def body(carry, i):
-    new, terms = train_step(stage, carry, problem)
+    new, terms = stage.step(carry, problem)
     active = i < num_active
     carry = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, carry)
     return carry, terms
 
   return lax.scan(body, state, jnp.arange(chunk_size))
+
+
+@dataclasses.dataclass(frozen=True)
+class StopRule:
+  """The convergence stop (no ground truth): stop when the stage's result (the EMA of the iterates'
+  outputs) changes by less than `tol` (mean absolute change per pixel and channel, intensities in
+  [0, 1]) per `window` steps, `patience` windows in a row, once at least `min_steps` steps ran.
+  With several scenes in one program, all of them must satisfy it."""
+  tol: float = 2e-4
+  window: int = 50
+  min_steps: int = 200
+  patience: int = 2
 
 
 @dataclasses.dataclass
@@ -125,6 +157,10 @@ class StageReport:
   seconds: float  # Wall time of the stage including compilation.
   compile_seconds: float  # Time of the first chunk call beyond a normal chunk (compilation).
   steps: int  # Steps run.
+  max_steps: int = 0  # Steps allowed (== steps unless the stop rule ended the stage early).
+  changes: list = dataclasses.field(default_factory=list)  # [(step, change)] checked by the stop rule.
+  stopped_early: bool = False
+  stopped_at: Any = None  # Steps that count for each scene of a group (frozen after), or an int.
 
   @property
   def steps_per_second(self) -> float:
@@ -163,6 +199,9 @@ def resolve_loop(loop: str) -> str:
 def compile_chunk(stage: Stage, state: TrainState, problem, chunk_size: int, loop: str = 'scan'):
   """Ahead-of-time compiles the program that runs a chunk; returns (run, seconds) where
   run(state, problem, n) -> (state, terms stacked to [n] (device arrays))."""
+  key = (loop, chunk_size, _signature((state, problem)))
+  if key in stage.compiled:
+    return stage.compiled[key], 0.0
   t0 = time.perf_counter()
   if loop == 'scan':
     compiled = stage.jit_chunk.lower(state, problem, jnp.int32(0), chunk_size=chunk_size).compile()
@@ -179,18 +218,31 @@ def compile_chunk(stage: Stage, state: TrainState, problem, chunk_size: int, loo
         state, terms = compiled(state, problem)
         per_step.append(terms)
       return state, jax.tree.map(lambda *v: jnp.stack(v), *per_step)
+  run.executable = compiled  # For memory / cost analysis.
+  stage.compiled[key] = run
   return run, time.perf_counter() - t0
+
+
+def _signature(tree) -> tuple:
+  leaves, treedef = jax.tree.flatten(tree)
+  return (str(treedef),) + tuple((tuple(x.shape), str(x.dtype), str(getattr(x, 'sharding', '')))
+                                 for x in leaves)
 
 
 def run_stage(stage: Stage, state: TrainState, problem, num_steps: int, chunk_size: int = 50,
               progress: ProgressFn | None = log_progress, progress_every_s: float = 10.0,
-              loop: str = 'auto'):
-  """Runs `num_steps` steps of `stage` from `state`; returns (state, StageReport).
+              loop: str = 'auto', stop: StopRule | None = None):
+  """Runs `num_steps` steps of `stage` from `state` (fewer if `stop` says the result has converged);
+  returns (state, StageReport).
 
   The program is compiled first (tens of seconds on a CPU, logged as such; the persistent compilation
-  cache makes later runs of the same shape skip it). Then one host sync per chunk.
+  cache makes later runs of the same shape skip it). Then one host sync per chunk. With a stop rule,
+  the chunk size is the rule's window.
   """
   loop = resolve_loop(loop)
+  if stop is not None:
+    chunk_size = stop.window
+  changes, streak, previous, stopped_at = [], 0, None, None
   history: dict[str, list] = {}
   t0 = time.perf_counter()
   compile_s = 0.0
@@ -210,16 +262,43 @@ def run_stage(stage: Stage, state: TrainState, problem, num_steps: int, chunk_si
     for k, v in terms.items():
       history.setdefault(k, []).append(np.asarray(v, np.float32))
     total = np.asarray(terms['total'])
-    if not np.all(np.isfinite(total)):
-      bad = done + int(np.argmin(np.isfinite(total)))
+    finite = np.all(np.isfinite(total.reshape(total.shape[0], -1)), axis=1)  # [n] (any scene axis)
+    if not np.all(finite):
+      bad = done + int(np.argmin(finite))
       raise NonFiniteLossError(
           f'{stage.name} stage: the loss became non-finite at step {bad} (of {num_steps}); '
           'try a lower learning rate or check the inputs for NaNs')
     done += n
+    converged = False
+    if stop is not None:
+      current, change = stage.jit_output_change(state, previous if previous is not None else
+                                                jnp.float32(0))
+      change = np.asarray(change)  # A scalar, or one value per scene for a group of scenes.
+      if previous is not None:
+        changes.append((done, change.tolist()))
+        streak = np.where((done >= stop.min_steps) & (change < stop.tol), streak + 1, 0)
+        finished = streak >= stop.patience
+        if stopped_at is None:
+          stopped_at = np.full(change.shape, -1)
+        stopped_at = np.where(finished & (stopped_at < 0), done, stopped_at)
+        converged = bool(np.all(finished))
+        if not converged and np.any(finished) and hasattr(stage, 'set_active'):
+          problem = stage.set_active(problem, ~finished)  # Freeze the scenes that are done.
+      previous = current
     now = time.perf_counter()
-    if progress is not None and (now - last_report >= progress_every_s or done == num_steps):
-      progress(stage.name, done, num_steps, now - t_run, {k: float(v[-1]) for k, v in terms.items()})
+    if progress is not None and (now - last_report >= progress_every_s or done == num_steps or converged):
+      progress(stage.name, done, num_steps, now - t_run,
+               {k: float(np.mean(v[-1])) for k, v in terms.items()})  # Mean over scenes, if any.
       last_report = now
+    if converged:
+      logging.info('[%s] converged at step %d: the result changed by less than %.2g per %d steps '
+                   '%d times in a row (--stop=auto)', stage.name, done, stop.tol, stop.window,
+                   stop.patience)
+      break
   seconds = time.perf_counter() - t0
   hist = {k: np.concatenate(v) for k, v in history.items()}
-  return state, StageReport(hist, seconds, compile_s, num_steps)
+  if stopped_at is None:
+    stopped_at = np.full(np.shape(changes[-1][1]) if changes else (), -1)
+  stopped_at = np.where(stopped_at < 0, done, stopped_at)
+  return state, StageReport(hist, seconds, compile_s, done, num_steps, changes, done < num_steps,
+                            stopped_at.tolist())

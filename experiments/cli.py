@@ -54,6 +54,15 @@ def define_flags():
   flags.DEFINE_integer('seed', 0, 'Seed of the PRNG key (network init, noise input).')
   flags.DEFINE_enum('input_type', 'mean', ['mean', 'noise'], 'Network input z: bicubic of the inputs\' '
                     'mean, or uniform noise (deep image prior).')
+  flags.DEFINE_enum('stop', 'auto', ['auto', 'fixed'], 'auto: end each stage when its result has '
+                    'converged (no ground truth: the EMA image changes by less than --stop_tol per '
+                    '--stop_window steps, twice in a row, after --stop_min_iters); --iters and '
+                    '--mask_iters are then maxima. fixed: run exactly --iters and --mask_iters.')
+  flags.DEFINE_float('stop_tol', 2e-4, 'Convergence threshold: mean absolute change of the result per '
+                     'window, intensities in [0, 1] (2e-4 = 0.05 grey levels of 255).')
+  flags.DEFINE_integer('stop_min_iters', 200, 'Main-stage steps before the stop may end it (the mask '
+                       'stage uses min(this, mask_iters / 2)).')
+  flags.DEFINE_integer('stop_window', 50, 'Steps per convergence check.')
   flags.DEFINE_enum('output_average', 'ema', ['ema', 'last'], 'Result image: EMA (decay 0.99) of the '
                     'iterates\' outputs, or the last iterate. Never chosen with a ground truth.')
   flags.DEFINE_list('loss_weights', ['1', '0.5', '0.1'], 'alpha,beta,gamma: content, joint gradient, '
@@ -110,7 +119,8 @@ def config_from_flags(f) -> FusionConfig:
       image_net=NetConfig(channels, channels, skip, **net),
       mask_net=NetConfig(channels, channels, mask_skip, **net),
       weights=LossWeights(*weights), output=f.output_average, chunk_size=f.chunk_size,
-      compute_dtype=f.compute_dtype, loop=f.loop)
+      compute_dtype=f.compute_dtype, loop=f.loop, stop=f.stop, stop_tol=f.stop_tol,
+      stop_min_iters=f.stop_min_iters, stop_window=f.stop_window)
 
 
 def setup_runtime(f):
@@ -187,6 +197,7 @@ def write_scene_outputs(folder: str, result: fusion.FusionResult, images, infos,
           'embedded': [float(x) for x in result.decision_maps.mean(axis=(1, 2))]},
       'timings_s': {k: v for k, v in t.items() if k.endswith('_s')},
       'iterations_per_second': {'mask': t.get('mask_steps_per_s'), 'main': t.get('main_steps_per_s')},
+      'iterations': {'mask': t.get('mask_steps', 0), 'main': t.get('main_steps')},
       'final_loss': final,
       'versions': versions(),
       'backend': jax.default_backend(),

@@ -3,6 +3,7 @@
   python experiments/run.py --flagfile=mfi.flags
   python experiments/run.py --inputs=near.png,far.png --scale=2 --output_dir=out
   python experiments/run.py --flagfile=plenoptic.flags          # light field -> focal stack -> DFP
+  python experiments/run.py --input_dir=DATASET --output_dir=OUT  # every scene folder, resumable
 
 Kept short on purpose: it parses flags, converts them once into a `dfp_jax.FusionConfig`, calls the
 library, and writes the outputs (see README.md for the list). Every user error is one line on stderr
@@ -23,21 +24,27 @@ from absl import flags
 from absl import logging
 import jax
 
+from experiments import batch_job
 from experiments import cli
 from experiments import plenoptic
 
 FLAGS = flags.FLAGS
 cli.define_flags()
 plenoptic.define_lightfield_flags()
+batch_job.define_batch_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected positional arguments: {" ".join(argv[1:])} (use --inputs=a.png,b.png)')
   try:
+    if FLAGS.input_dir:
+      batch_job.setup_devices(FLAGS)
     cli.setup_runtime(FLAGS)
     if FLAGS.lightfield:
       return plenoptic.run_lightfield(FLAGS)
+    if FLAGS.input_dir:
+      return batch_job.run_batch(FLAGS)
     return cli.run_single(FLAGS)
   except cli.USER_ERRORS as e:
     cli.fail(str(e))

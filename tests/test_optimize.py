@@ -318,3 +318,55 @@ def test_mask_stage_runs_and_gives_partitions():
   # ... and with output='last' the soft maps of the last forward pass.
   last = np.asarray(fusion.embedded_maps(state, config=CONFIG.replace(output='last'), num_inputs=2))
   np.testing.assert_array_equal(last, np.asarray(embedding.hard_maps(state.output)))
+
+
+# ---------------------------------------------------------------------------------------- stop rule
+
+
+def _np_stop_step(decay, rule, max_steps):
+  """Where the stop rule must end the toy stage, from the closed-form iterates (float64)."""
+  ws, bs = _np_quad_iterates(max_steps)
+  outputs = [ws[t] * SCALE + bs[t] for t in range(max_steps)]  # Output of the forward pass of step t.
+  ema, reads = np.zeros(4), {}
+  for t, o in enumerate(outputs, start=1):
+    ema = decay * ema + (1 - decay) * o
+    reads[t] = ema / (1 - decay ** t)
+  streak = 0
+  for done in range(2 * rule.window, max_steps + 1, rule.window):
+    change = np.mean(np.abs(reads[done] - reads[done - rule.window]))
+    streak = streak + 1 if (done >= rule.min_steps and change < rule.tol) else 0
+    if streak >= rule.patience:
+      return done
+  return max_steps
+
+
+@pytest.mark.parametrize('loop', ['python', 'scan'])
+def test_stop_rule_ends_a_converged_stage_where_the_closed_form_says(loop):
+  stage = _quad_stage(ema_decay=0.5)
+  rule = optimize.StopRule(tol=1e-3, window=5, min_steps=20, patience=2)
+  state, problem = _quad_init(stage)
+  state, report = optimize.run_stage(stage, state, problem, 400, progress=None, loop=loop, stop=rule)
+  expected = _np_stop_step(0.5, rule, 400)
+  assert 20 <= expected < 400  # The case really stops early...
+  assert report.steps == expected and report.stopped_early and report.max_steps == 400
+  assert int(state.step) == expected and len(report.history['total']) == expected
+  changes = dict(report.changes)
+  assert changes[expected] < rule.tol and changes[expected - rule.window] < rule.tol
+  assert changes[rule.window * 2] > rule.tol  # ...and not from the start.
+  # Without the rule, the same stage runs every step.
+  state, problem = _quad_init(stage)
+  _, fixed = optimize.run_stage(stage, state, problem, 400, chunk_size=5, progress=None, loop=loop)
+  assert fixed.steps == 400 and not fixed.stopped_early
+
+
+def test_stop_rule_respects_min_steps_and_config():
+  stage = _quad_stage(ema_decay=0.5)
+  state, problem = _quad_init(stage)
+  rule = optimize.StopRule(tol=10.0, window=5, min_steps=30, patience=1)  # Always "converged".
+  _, report = optimize.run_stage(stage, state, problem, 100, progress=None, loop='python', stop=rule)
+  assert report.steps == 30
+  cfg = config_lib.FusionConfig(mask_iters=100)
+  assert cfg.stop_rule('main').min_steps == 200 and cfg.stop_rule('mask').min_steps == 50
+  assert cfg.replace(stop='fixed').stop_rule('main') is None
+  with pytest.raises(ValueError, match='stop'):
+    config_lib.FusionConfig(stop='sometimes')
