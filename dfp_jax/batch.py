@@ -178,8 +178,11 @@ def _at(value, i):
   return value[i] if isinstance(value, (list, tuple, np.ndarray)) else value
 
 
-class _Programs:
-  """The group stages of one fuse_batch call, one per (stage, mode, shape, group size, devices)."""
+class ProgramCache:
+  """Group stages (and so their compiled programs), one per (stage, mode, shape, group size, devices).
+
+  `fuse_batch` makes a fresh one per call; pass the same instance to several calls (a notebook, a
+  benchmark) to reuse the compiled programs. `traces` counts how often each program was traced."""
 
   def __init__(self):
     self.stages: dict = {}
@@ -199,7 +202,7 @@ def _place(tree, mesh: Mesh | None):
   return jax.device_put(tree, NamedSharding(mesh, P(AXIS)))
 
 
-def _fuse_group(x, keys, config: FusionConfig, mode: str, mesh: Mesh | None, programs: _Programs,
+def _fuse_group(x, keys, config: FusionConfig, mode: str, mesh: Mesh | None, programs: ProgramCache,
                 progress) -> list[fusion.FusionResult]:
   """x [G, N, H, W, C], keys [G] -> G FusionResults (the pipeline of `fusion.fuse`, vmapped)."""
   g, n, h, w, c = x.shape
@@ -284,7 +287,8 @@ def scenes_that_fit(h: int, w: int, n: int, c: int, config: FusionConfig, device
   Host (CPU) devices share the host memory; accelerators each have their own.
   """
   devs = _devices(devices)
-  per_scene = fusion.estimate_memory(h, w, n, c, config)['peak']
+  est = fusion.estimate_memory(h, w, n, c, config)
+  per_scene = est['host_peak'] if devs[0].platform == 'cpu' else est['peak']
   if devs[0].platform == 'cpu':
     avail = available if available is not None else fusion.available_memory(devs[0])
     return 10 ** 6 if avail is None else int(headroom * avail // per_scene)
@@ -426,7 +430,8 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
                progress: optimize.ProgressFn | None = optimize.log_progress,
                on_result: Callable[[int, Any], None] | None = None,
                names: Sequence[str] | None = None, probe_cache: str | None = '',
-               check_memory: bool = True) -> tuple[list, BatchReport]:
+               check_memory: bool = True,
+               programs: ProgramCache | None = None) -> tuple[list, BatchReport]:
   """Fuses many independent scenes; each result equals `fusion.fuse` of that scene alone.
 
   Args:
@@ -442,6 +447,7 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
     names: scene names for messages.
     probe_cache: file remembering the 'auto' probe ('' = default location, None = do not remember).
     check_memory: refuse (as a failed scene) shapes whose single-scene estimate does not fit.
+    programs: a ProgramCache shared between calls (default: a fresh one).
 
   Returns:
     (results, report): results[i] is a FusionResult or a BatchError for scene i.
@@ -472,7 +478,7 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
       continue
     buckets.setdefault(tuple(x.shape), []).append((i, x))
 
-  programs = _Programs()
+  programs = programs if programs is not None else ProgramCache()
   for shape, members in buckets.items():
     n, h, w, c = shape
     fit = scenes_that_fit(h, w, n, c, config, devs) if check_memory else 10 ** 6

@@ -27,7 +27,8 @@ TINY_NET = NetConfig((4, 8), (4, 8), (2, 2), kernel_size=3)
 TINY_MASK = NetConfig((4, 8), (4, 8), (0, 2), kernel_size=3)
 CFG = FusionConfig(scale=2, iters=4, mask_iters=3, chunk_size=2, image_net=TINY_NET, mask_net=TINY_MASK)
 TINY_FLAGS = ['--iters=3', '--mask_iters=2', '--chunk_size=2', '--channels=4,8', '--skip_channels=2,2',
-              '--mask_skip_channels=0,2', '--kernel_size=3', '--nocompilation_cache']
+              '--mask_skip_channels=0,2', '--kernel_size=3', '--nocompilation_cache',
+              '--jax_disable_most_optimizations']
 
 
 def _pair(h, w, seed):
@@ -47,6 +48,11 @@ def scenes():
 
 
 @pytest.fixture(scope='module')
+def programs():
+  return batch.ProgramCache()  # Compiled group programs shared by the tests below.
+
+
+@pytest.fixture(scope='module')
 def singles(scenes):
   return [fusion.fuse(s, config=CFG, progress=None) for s in scenes]
 
@@ -60,8 +66,9 @@ def _close(r, ref):
       np.testing.assert_allclose(r.history[stage][k], v, rtol=1e-4, atol=1e-6)
 
 
-def test_vmap_equals_loop_of_single_scenes(scenes, singles):
-  results, report = batch.fuse_batch(scenes, CFG, strategy='vmap', progress=None, probe_cache=None)
+def test_vmap_equals_loop_of_single_scenes(scenes, singles, programs):
+  results, report = batch.fuse_batch(scenes, CFG, strategy='vmap', progress=None, probe_cache=None,
+                                     programs=programs)
   assert [b['strategy'] for b in report.buckets] == ['vmap', 'vmap']
   assert [b['shape'] for b in report.buckets] == [[2, 16, 16, 3], [2, 16, 24, 3]]
   for r, ref in zip(results, singles):
@@ -73,13 +80,13 @@ def test_vmap_equals_loop_of_single_scenes(scenes, singles):
     np.testing.assert_array_equal(r.fused, ref.fused)  # The loop is the single-scene program.
 
 
-def test_result_does_not_depend_on_batch_mates(scenes):
-  a, _ = batch.fuse_batch([scenes[0], scenes[1]], CFG, strategy='vmap', progress=None)
-  b, _ = batch.fuse_batch([scenes[2], scenes[0]], CFG, strategy='vmap', progress=None)
+def test_result_does_not_depend_on_batch_mates(scenes, programs):
+  a, _ = batch.fuse_batch([scenes[0], scenes[1]], CFG, strategy='vmap', progress=None, programs=programs)
+  b, _ = batch.fuse_batch([scenes[2], scenes[0]], CFG, strategy='vmap', progress=None, programs=programs)
   np.testing.assert_allclose(a[0].fused, b[1].fused, atol=1e-6)
   # Different keys give different results (the key really is per scene).
   c, _ = batch.fuse_batch([scenes[0], scenes[0]], CFG, keys=[jax.random.key(0), jax.random.key(5)],
-                          strategy='vmap', progress=None)
+                          strategy='vmap', progress=None, programs=programs)
   np.testing.assert_allclose(c[0].fused, a[0].fused, atol=1e-6)
   assert np.abs(c[1].fused - c[0].fused).max() > 1e-3
 
@@ -117,12 +124,12 @@ def test_converged_scenes_are_frozen_in_a_group(scenes):
   assert np.abs(after2.output[1] - np.asarray(state.output)[1]).max() > 0
 
 
-def test_stop_rule_per_scene_in_a_batch_matches_single_runs(scenes):
+def test_stop_rule_per_scene_in_a_batch_matches_single_runs(scenes, programs):
   # A tolerance every scene meets: each stops at its min_steps, alone or in a batch.
   cfg = CFG.replace(iters=20, mask_iters=0, stop_window=2, stop_min_iters=6, stop_tol=10.0,
                     stop_patience=1)
   single = fusion.fuse(scenes[0], config=cfg, progress=None)
-  results, _ = batch.fuse_batch(scenes[:2], cfg, strategy='vmap', progress=None)
+  results, _ = batch.fuse_batch(scenes[:2], cfg, strategy='vmap', progress=None, programs=programs)
   assert single.timings['main_steps'] == 6
   assert [r.timings['main_steps'] for r in results] == [6, 6]
   assert len(results[0].history['main']['total']) == 6
@@ -141,7 +148,7 @@ def test_bad_scene_is_reported_and_others_go_on(scenes):
 def test_memory_split_and_refusal():
   big = batch.scenes_that_fit(512, 512, 2, 3, FusionConfig(), available=2 ** 40)
   small = batch.scenes_that_fit(512, 512, 2, 3, FusionConfig(), available=2 ** 31)
-  per = fusion.estimate_memory(512, 512, 2, 3, FusionConfig())['peak']
+  per = fusion.estimate_memory(512, 512, 2, 3, FusionConfig())['host_peak']  # CPU devices.
   assert small == int(0.9 * 2 ** 31 // per) and big > small >= 0
   assert batch.scenes_that_fit(512, 512, 2, 3, FusionConfig(), available=per // 2) == 0
   assert [batch._vmap_group(3, 100, 2), batch._vmap_group(5, 4, 2), batch._vmap_group(3, 1, 2)] == [4, 4, 1]

@@ -12,7 +12,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'experiments', 'benchmark.py')
 TINY = ['--iters=3', '--mask_iters=2', '--chunk_size=2', '--channels=4,8', '--skip_channels=2,2',
-        '--mask_skip_channels=0,2', '--kernel_size=3', '--nocompilation_cache', '--dip_iters=2']
+        '--mask_skip_channels=0,2', '--kernel_size=3', '--nocompilation_cache', '--dip_iters=2',
+        '--jax_disable_most_optimizations']
 
 
 def _scene(folder, seed, external=True):
