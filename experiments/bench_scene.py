@@ -46,9 +46,9 @@ from dfp_jax.config import FusionConfig
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SCENES = [
-    f'dino_a=../shared/data/lightfield/hci_dino_33views@128:128:256:256',
-    f'dino_b=../shared/data/lightfield/hci_dino_33views@256:0:256:256',
-    f'lytro_2067=../shared/data/lightfield/lytro_illum_2067_center5x5@60:150:256:256',
+    'dino_a=../shared/data/lightfield/hci_dino_33views@128:128:256:256',
+    'dino_b=../shared/data/lightfield/hci_dino_33views@256:0:256:256',
+    'lytro_2067=../shared/data/lightfield/lytro_illum_2067_center5x5@60:150:256:256',
 ]
 flags.DEFINE_list('scenes', DEFAULT_SCENES, 'name=lightfield_folder@y:x:h:w (crop of the views), comma-separated.')
 flags.DEFINE_integer('scale', 2, 'Super-resolution factor.')
