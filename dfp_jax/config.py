@@ -19,6 +19,7 @@ INPUT_TYPES = ('mean', 'noise')
 OUTPUTS = ('ema', 'last')
 DTYPES = ('float32', 'bfloat16')
 STOPS = ('auto', 'fixed')
+OUTPUT_BIASES = ('mean', 'zero')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,10 @@ class FusionConfig:
   input_type: str = 'mean'  # Network input z: 'mean' (bicubic x s of the inputs' mean) or 'noise'.
   noise_channels: int = 32  # Channels of z when input_type == 'noise'.
   noise_scale: float = 0.1  # z ~ U(0, noise_scale) when input_type == 'noise' (deep image prior).
+  # Initial bias of the image net's sigmoid head: 'mean' = logit of the inputs' mean colour per
+  # channel, so the output starts at the scene's mean colour instead of grey 0.5; 'zero' = the usual
+  # initialisation (the authors' code). A starting point only: it is trained like every other parameter.
+  output_bias: str = 'mean'
   doublereblur: DoubleReblurParams = DoubleReblurParams()  # Focus measure parameters.
   image_net: NetConfig = IMAGE_NET  # Main SKIPnet.
   mask_net: NetConfig = MASK_NET  # Decision-embedding SKIPnet.
@@ -62,6 +67,8 @@ class FusionConfig:
       raise ValueError(f'learning rates must be > 0, got lr={self.lr}, mask_lr={self.mask_lr}')
     if self.input_type not in INPUT_TYPES:
       raise ValueError(f"input_type must be one of {INPUT_TYPES}, got '{self.input_type}'")
+    if self.output_bias not in OUTPUT_BIASES:
+      raise ValueError(f"output_bias must be one of {OUTPUT_BIASES}, got '{self.output_bias}'")
     if self.output not in OUTPUTS:
       raise ValueError(f"output must be one of {OUTPUTS}, got '{self.output}'")
     if not 0.0 <= self.ema_decay < 1.0:

@@ -168,7 +168,7 @@ class SkipNet(nn.Module):
     y = SkipLevel(self.channels_down, self.channels_up, self.channels_skip, self.kernel_size,
                   self.double_3x3, self.upsample, self.negative_slope, self.dtype)(x)
     y = nn.Conv(self.out_channels, (1, 1), kernel_init=torch_default_init, dtype=self.dtype,
-                param_dtype=jnp.float32)(y)
+                param_dtype=jnp.float32, name='head')(y)
     y = y.astype(jnp.float32)[:, :h, :w, :]
     if self.output_activation == 'sigmoid':
       y = jax.nn.sigmoid(y)
@@ -206,6 +206,19 @@ class NetConfig:
 
 IMAGE_NET = NetConfig()
 MASK_NET = NetConfig(channels_skip=(0, 0, 0, 4, 4))
+
+
+def with_output_bias(params, value: jnp.ndarray):
+  """`params` of a SkipNet with the head's bias replaced by `value` [out_channels] (a new tree)."""
+  inner = dict(params['params'])
+  inner['head'] = {**inner['head'], 'bias': jnp.asarray(value, inner['head']['bias'].dtype)}
+  return {**params, 'params': inner}
+
+
+def sigmoid_bias_for_mean(mean: jnp.ndarray, eps: float = 1e-3) -> jnp.ndarray:
+  """logit(mean), the pre-activation at which a sigmoid head outputs `mean` (clipped to [eps, 1 - eps])."""
+  m = jnp.clip(mean, eps, 1.0 - eps)
+  return jnp.log(m) - jnp.log1p(-m)
 
 
 def count_params(params) -> int:

@@ -117,3 +117,48 @@ def _panel(title, terms, width, height):
     cv2.putText(img, f'{name} {v[-1]:.3g}', (left + pw + 34, top + 16 + 18 * i), _FONT, 0.4,
                 (0, 0, 0), 1, cv2.LINE_AA)
   return img
+
+
+def line_plot(series: dict, title: str, xlabel: str = 'iteration', ylabel: str = '',
+              marks: dict | None = None, width: int = 760, height: int = 360) -> np.ndarray:
+  """Curves on linear axes: `series` maps a name to (x, y) arrays; `marks` maps a name to an x value
+  drawn as a vertical line of that series' colour. uint8 RGB."""
+  img = np.full((height, width, 3), 255, np.uint8)
+  left, right, top, bottom = 60, 200, 28, 40
+  pw, ph = width - left - right, height - top - bottom
+  cv2.rectangle(img, (left, top), (left + pw, top + ph), (0, 0, 0), 1)
+  cv2.putText(img, title, (left, 18), _FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+  data = {k: (np.asarray(x, np.float64), np.asarray(y, np.float64)) for k, (x, y) in series.items()
+          if len(x)}
+  if not data:
+    return img
+  xs = np.concatenate([x for x, _ in data.values()])
+  ys = np.concatenate([y[np.isfinite(y)] for _, y in data.values()])
+  x0, x1 = 0.0, max(float(xs.max()), 1.0)
+  y0, y1 = float(np.floor(ys.min())), float(np.ceil(ys.max()))
+  if y1 - y0 < 1e-6:
+    y0, y1 = y0 - 1, y1 + 1
+
+  def px(x, y):
+    return (left + (np.asarray(x) - x0) / (x1 - x0) * pw, top + ph - (np.asarray(y) - y0) / (y1 - y0) * ph)
+
+  for frac in (0, 0.25, 0.5, 0.75, 1.0):
+    xv, yv = x0 + frac * (x1 - x0), y0 + frac * (y1 - y0)
+    cv2.putText(img, f'{xv:.0f}', (int(px(xv, y0)[0]) - 12, top + ph + 16), _FONT, 0.4, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    cv2.putText(img, f'{yv:.1f}', (6, int(px(x0, yv)[1]) + 4), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+  cv2.putText(img, xlabel, (left + pw // 2 - 30, height - 6), _FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+  if ylabel:
+    cv2.putText(img, ylabel, (left + 4, top + 14), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+  for i, (name, (x, y)) in enumerate(data.items()):
+    colour = _COLOURS[i % len(_COLOURS)]
+    u, v = px(x, y)
+    pts = np.stack([u, v], 1)[np.isfinite(v)].round().astype(np.int32)
+    if len(pts) > 1:
+      cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
+    if marks and name in marks and marks[name] is not None:
+      mx = int(round(float(px(marks[name], y0)[0])))
+      cv2.line(img, (mx, top), (mx, top + ph), colour, 1, cv2.LINE_AA)
+    cv2.line(img, (left + pw + 10, top + 12 + 18 * i), (left + pw + 30, top + 12 + 18 * i), colour, 2)
+    cv2.putText(img, name, (left + pw + 34, top + 16 + 18 * i), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+  return img

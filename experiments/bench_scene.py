@@ -58,6 +58,8 @@ flags.DEFINE_float('stop_tol', FusionConfig.stop_tol, 'Stop rule threshold (see 
 flags.DEFINE_integer('stop_min_iters', FusionConfig.stop_min_iters, 'Stop rule: minimum main steps.')
 flags.DEFINE_float('lr', FusionConfig.lr, 'Adam learning rate of the main stage.')
 flags.DEFINE_float('mask_lr', FusionConfig.mask_lr, 'Adam learning rate of the decision embedding.')
+flags.DEFINE_enum('output_bias', FusionConfig.output_bias, ['mean', 'zero'],
+                  'Initial head bias of the image net (see --output_bias of run.py).')
 flags.DEFINE_bool('timing', True, 'Run the auto_cold / auto_warm timings (else only the fixed curves).')
 flags.DEFINE_string('json', None, 'Write the results here.')
 flags.DEFINE_string('plot', None, 'Write the PSNR-per-iteration figure here (PNG).')
@@ -161,7 +163,7 @@ def main(argv):
   del argv
   base = FusionConfig(scale=FLAGS.scale, iters=FLAGS.iters, mask_iters=FLAGS.mask_iters,
                       stop_tol=FLAGS.stop_tol, stop_min_iters=FLAGS.stop_min_iters, lr=FLAGS.lr,
-                      mask_lr=FLAGS.mask_lr)
+                      mask_lr=FLAGS.mask_lr, output_bias=FLAGS.output_bias)
   results = []
   cache_dir = tempfile.mkdtemp(prefix='dfp_bench_cache_')
   jax.config.update('jax_compilation_cache_dir', cache_dir)

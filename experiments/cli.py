@@ -54,6 +54,9 @@ def define_flags():
   flags.DEFINE_integer('seed', 0, 'Seed of the PRNG key (network init, noise input).')
   flags.DEFINE_enum('input_type', 'mean', ['mean', 'noise'], 'Network input z: bicubic of the inputs\' '
                     'mean, or uniform noise (deep image prior).')
+  flags.DEFINE_enum('output_bias', 'mean', ['mean', 'zero'], 'Initial bias of the image net\'s sigmoid '
+                    'head: mean = logit of the inputs\' mean colour (the output starts at that colour), '
+                    'zero = the usual initialisation (the authors\' code).')
   flags.DEFINE_enum('stop', 'auto', ['auto', 'fixed'], 'auto: end each stage when its result has '
                     'converged (no ground truth: the EMA image changes by less than --stop_tol per '
                     '--stop_window steps, twice in a row, after --stop_min_iters); --iters and '
@@ -115,7 +118,7 @@ def config_from_flags(f) -> FusionConfig:
   net = dict(kernel_size=f.kernel_size, double_3x3=f.double_3x3, upsample=f.upsample)
   return FusionConfig(
       scale=f.scale, iters=f.iters, mask_iters=f.mask_iters, lr=f.lr, mask_lr=f.mask_lr,
-      input_type=f.input_type, doublereblur=DoubleReblurParams.parse(f.doublereblur),
+      input_type=f.input_type, output_bias=f.output_bias, doublereblur=DoubleReblurParams.parse(f.doublereblur),
       image_net=NetConfig(channels, channels, skip, **net),
       mask_net=NetConfig(channels, channels, mask_skip, **net),
       weights=LossWeights(*weights), output=f.output_average, chunk_size=f.chunk_size,

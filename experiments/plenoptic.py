@@ -153,6 +153,25 @@ def _index_map_picture(maps: np.ndarray, planes: np.ndarray) -> np.ndarray:
   return np.concatenate([colour, legend], axis=0)
 
 
+def _contact_sheet(stack, maps, fused, planes) -> np.ndarray:
+  """One picture of the whole chain: two rows at the output size, the focal-stack slices (pixel
+  replication) with the index map and the DFP result, then each slice's decision map. uint8 RGB."""
+  h, w = fused.shape[:2]
+  n = len(stack)
+  index = np.asarray(lightfield.index_map_image(np.asarray(lightfield.index_map(jnp.asarray(maps))), n))
+  top = ([viz.resize_to(viz.to_uint8_rgb(x), h, w, nearest=True) for x in stack]
+         + [viz.resize_to(index, h, w, nearest=True), viz.to_uint8_rgb(fused)])
+  top_caps = [f'slice {i:02d} d={d:+.3f}' for i, d in enumerate(planes)] + ['index map', 'DFP']
+  bottom = [viz.resize_to(viz.to_uint8_rgb(np.asarray(m, np.float32)), h, w, nearest=True) for m in maps]
+  bottom_caps = [f'decision map {i:02d}' for i in range(n)]
+  rows = [viz.side_by_side(top, top_caps, max_width=10 ** 6),
+          viz.side_by_side(bottom, bottom_caps, max_width=10 ** 6)]
+  width = max(r.shape[1] for r in rows)
+  rows = [np.concatenate([r, np.full((r.shape[0], width - r.shape[1], 3), 255, np.uint8)], 1) for r in rows]
+  sheet = np.concatenate([rows[0], np.full((6, width, 3), 255, np.uint8), rows[1]], 0)
+  return viz.resize_to(sheet, int(sheet.shape[0] * min(1.0, 2400 / width)), min(width, 2400))
+
+
 def _resize_reference(image: np.ndarray, height: int, width: int) -> np.ndarray:
   """The reference centre view brought to the output size (bicubic up, area down), float [H, W, C]."""
   import cv2  # pylint: disable=g-import-not-at-top
@@ -316,6 +335,7 @@ def run_lightfield(f) -> int:
       put(name, image, bit_depth)
     put('coverage.png', coverage[..., None])
     put('index_map.png', _index_map_picture(np.asarray(result.decision_maps), planes))
+    put('contact_sheet.png', _contact_sheet(stack, np.asarray(result.decision_maps), result.fused, planes))
     ref_tile = _resize_reference(center_full, out_h, out_w)
     ref_caption = 'centre view' if center_full.shape[:2] == (out_h, out_w) else (
         f'centre view (resized to {out_h}x{out_w})')

@@ -88,3 +88,20 @@ def test_benchmark_bad_dataset_is_one_line(tmp_path):
   r = _run([f'--dataset={tmp_path / "missing"}'])
   assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith('error:')
   assert 'missing' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_robustness_table_collects_dfp_rows_of_every_run(tmp_path):
+  for run, psnr in (('default', 30.0), ('robust_no_joint_grad', 29.5)):
+    (tmp_path / run).mkdir()
+    (tmp_path / run / 'results.json').write_text(json.dumps({'scenes': {'s': {
+        'dfp': {'x2': {'PSNR': psnr, 'SSIM': 0.9, 'RMG': 0.5}},
+        'average+bicubic': {'x2': {'PSNR': 1.0}}}}}))
+  (tmp_path / 'unfinished').mkdir()  # No results.json: skipped.
+  r = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'robustness_table.py'),
+                      str(tmp_path), f'--json={tmp_path / "t.json"}'], capture_output=True, text=True,
+                     timeout=60)
+  assert r.returncode == 0, r.stderr
+  rows = json.loads((tmp_path / 't.json').read_text())
+  assert [(x['run'], x['PSNR'], x['RMG'], x['REI']) for x in rows] == [
+      ('default', 30.0, 0.5, None), ('robust_no_joint_grad', 29.5, 0.5, None)]
+  assert '| robust_no_joint_grad | s | x2 | 29.50 | 0.9000 | 0.5000 |' in r.stdout

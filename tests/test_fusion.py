@@ -57,6 +57,24 @@ def test_few_steps_reduce_the_loss_on_a_32x32_pair():
   np.testing.assert_array_equal(r.decision_maps, r.decision_maps_raw)  # mask_iters=0: raw maps.
 
 
+def test_output_bias_starts_the_net_at_the_inputs_mean_colour():
+  a, b = _pair(32, 32, seed=3)
+  x = jnp.stack([jnp.asarray(a) * 0.2, jnp.asarray(b) * jnp.asarray([0.1, 0.2, 0.05])])  # Dark, tinted.
+  maps = jnp.stack([jnp.ones((32, 32)), jnp.zeros((32, 32))])
+  mean = np.asarray(x, np.float64).mean(axis=(0, 1, 2))
+  first = {}
+  for mode in ('mean', 'zero'):
+    state, problem = fusion.init_main_state(jax.random.key(0), x, maps, config=CFG.replace(output_bias=mode))
+    bias = np.asarray(state.params['params']['head']['bias'], np.float64)
+    if mode == 'mean':
+      np.testing.assert_allclose(1 / (1 + np.exp(-bias)), mean, rtol=1e-5)  # sigmoid(bias) = mean.
+    else:
+      np.testing.assert_array_equal(bias, 0.0)
+    out = fusion.main_stage(CFG.replace(output_bias=mode), 3).net.apply(state.params, problem['z'])
+    first[mode] = float(np.abs(np.asarray(out).mean(axis=(0, 1)) - mean).max())
+  assert first['mean'] < 0.5 * first['zero'], first  # The first output starts near the mean colour.
+
+
 def test_bit_identical_for_same_key_and_different_for_other_key():
   a, b = _pair(seed=3)
   r1 = dfp_jax.fuse([a, b], config=CFG, key=jax.random.key(7), progress=None)
@@ -100,7 +118,7 @@ def test_validate_images_errors(images, match):
 
 def test_config_rejects_bad_values():
   for bad in (dict(scale=3), dict(iters=0), dict(input_type='zeros'), dict(output='best'),
-              dict(loop='while')):
+              dict(loop='while'), dict(output_bias='one')):
     with pytest.raises(ValueError):
       FusionConfig(**bad)
 

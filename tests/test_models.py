@@ -297,7 +297,7 @@ class JitTest(chex.TestCase):
     chex.assert_trees_all_equal_shapes(grads, params)
     chex.assert_tree_all_finite(grads)
     # The head bias gets a nonzero gradient (the output depends on it through the sigmoid).
-    assert float(jnp.abs(grads['params']['Conv_0']['bias']).max()) > 0
+    assert float(jnp.abs(grads['params']['head']['bias']).max()) > 0
 
 
 if __name__ == '__main__':

@@ -70,7 +70,7 @@ def test_two_automatic_planes_write_every_output(lf_folder, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   expected = {'fused.png', 'fused_lr.png', 'decision_map_raw.png', 'decision_map.png', 'loss.png',
               'comparison.png', 'summary.json', 'focal_stack', 'planes.json', 'coverage.png',
-              'index_map.png', 'comparison_center.png'}
+              'index_map.png', 'comparison_center.png', 'contact_sheet.png'}
   assert set(os.listdir(out)) == expected
   assert sorted(os.listdir(out / 'focal_stack')) == ['plane_00.png', 'plane_01.png']
   for name in ('plane_00.png', 'plane_01.png'):
@@ -81,6 +81,8 @@ def test_two_automatic_planes_write_every_output(lf_folder, tmp_path):
   index = _shape(out / 'index_map.png')
   assert index[1] >= 256 and index[0] > index[1] and index[2] == 3  # Enlarged map + legend strip.
   assert _shape(out / 'comparison_center.png')[2] == 3
+  sheet = _shape(out / 'contact_sheet.png')  # Two rows of output-size tiles: 2 slices + index + DFP.
+  assert sheet[2] == 3 and sheet[0] > 2 * 2 * SIZE and sheet[1] >= 4 * 2 * SIZE
 
   p = json.loads((out / 'planes.json').read_text())
   assert p['how'] == 'auto' and p['num_planes'] == 2
@@ -97,7 +99,7 @@ def test_two_automatic_planes_write_every_output(lf_folder, tmp_path):
   assert 'center_view_scores' not in s  # --lf_downsample (1) != --scale (2): no reference.
   assert [i['path'] for i in s['inputs']] == p['files']
   assert {'focal_stack/plane_00.png', 'planes.json', 'coverage.png', 'index_map.png',
-          'comparison_center.png', 'fused.png', 'summary.json'} <= set(s['output']['files'])
+          'comparison_center.png', 'contact_sheet.png', 'fused.png', 'summary.json'} <= set(s['output']['files'])
   assert s['config']['scale'] == 2 and s['config']['iters'] == 3
 
 

@@ -1,0 +1,43 @@
+"""Pictures: shapes, and that the curves land where their values say."""
+
+import numpy as np
+
+from dfp_jax import viz
+
+
+def _pixels_of(img, colour, tol=80):
+  """(row, col) of the pixels within `tol` (sum of absolute differences) of `colour` (anti-aliasing)."""
+  d = np.abs(img.astype(np.int32) - np.asarray(colour, np.int32)).sum(-1)
+  return np.argwhere(d <= tol)
+
+
+def test_line_plot_draws_a_rising_curve_rising_and_the_mark_at_its_x():
+  x = np.arange(0, 1001, 50)
+  img = viz.line_plot({'up': (x, 20 + x / 100.0)}, 'title', marks={'up': 500}, width=600, height=300)
+  assert img.shape == (300, 600, 3) and img.dtype == np.uint8
+  pts = _pixels_of(img, viz._COLOURS[0])  # pylint: disable=protected-access
+  pts = pts[(pts[:, 1] > 61) & (pts[:, 1] < 399)]  # Inside the plot box (x 60..400), not the legend.
+  assert len(pts) > 100
+  left, right = pts[pts[:, 1] < pts[:, 1].min() + 10], pts[pts[:, 1] > pts[:, 1].max() - 10]
+  # Rows grow downwards: the start of a rising curve is lower in the picture than its end.
+  assert left[:, 0].mean() > right[:, 0].mean() + 100
+  # The mark is a vertical line at x = 500, halfway along the 0..1000 axis (box 60..400 px).
+  cols, counts = np.unique(pts[:, 1], return_counts=True)
+  tallest = cols[np.argmax(counts)]
+  assert abs(tallest - (60 + 0.5 * (600 - 60 - 200))) <= 2
+
+
+def test_line_plot_two_series_and_empty_input():
+  img = viz.line_plot({'a': ([0, 1], [1, 2]), 'b': ([0, 2], [3, 1])}, 't', width=500, height=250)
+  for colour in viz._COLOURS[:2]:  # pylint: disable=protected-access
+    assert len(_pixels_of(img, colour)) > 20
+  blank = viz.line_plot({}, 'nothing', width=300, height=200)
+  assert blank.shape == (200, 300, 3)
+  assert len(_pixels_of(blank, viz._COLOURS[0])) == 0  # pylint: disable=protected-access
+
+
+def test_loss_plot_one_panel_per_stage():
+  hist = {'mask': {'total': np.geomspace(1, 0.1, 20)}, 'main': {'total': np.geomspace(2, 0.01, 30),
+                                                                 'content': np.geomspace(1, 0.01, 30)}}
+  img = viz.loss_plot(hist, width=600, panel_height=200)
+  assert img.shape == (400, 600, 3) and img.dtype == np.uint8
