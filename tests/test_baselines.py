@@ -1,11 +1,17 @@
 """Baselines: OpenCV's pyramid conventions, Laplacian-pyramid fusion, average and map fusion."""
 
+import os
+import sys
+
 import cv2
 import numpy as np
 import pytest
 import jax.numpy as jnp
 
 from dfp_jax import baselines
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import synthetic  # noqa: E402
 
 
 @pytest.mark.parametrize('shape', [(16, 16), (17, 23), (32, 9), (5, 6)])
@@ -43,12 +49,7 @@ def _reference_lp_fusion(images, levels):
 
 
 def _pair(h=64, w=72, seed=0):
-  rng = np.random.default_rng(seed)
-  base = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (3, 3), 0.8)
-  blur = cv2.GaussianBlur(base, (9, 9), 3.0)
-  a, b = base.copy(), base.copy()
-  a[:, w // 2:] = blur[:, w // 2:]
-  b[:, :w // 2] = blur[:, :w // 2]
+  base, a, b = synthetic.left_right_pair(h, w, seed, 0.8, 9, 3.0)
   return base, np.stack([a, b])
 
 

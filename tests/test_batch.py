@@ -18,6 +18,9 @@ from dfp_jax import fusion
 from dfp_jax.config import FusionConfig
 from dfp_jax.models import NetConfig
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import synthetic  # noqa: E402
+
 # Compile time dominates these small tests on CPU (as in tests/test_optimize.py).
 jax.config.update('jax_disable_most_optimizations', True)
 
@@ -33,12 +36,7 @@ TINY_FLAGS = ['--iters=3', '--mask_iters=2', '--chunk_size=2', '--channels=4,8',
 
 def _pair(h, w, seed):
   """A left/right multi-focus pair: A sharp on the left, B sharp on the right."""
-  rng = np.random.default_rng(seed)
-  base = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (3, 3), 0.7)
-  blur = cv2.GaussianBlur(base, (7, 7), 2.0)
-  a, b = base.copy(), base.copy()
-  a[:, w // 2:] = blur[:, w // 2:]
-  b[:, :w // 2] = blur[:, :w // 2]
+  _, a, b = synthetic.left_right_pair(h, w, seed, 0.7, 7, 2.0)
   return [a, b]
 
 
