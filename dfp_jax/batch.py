@@ -121,7 +121,8 @@ class GroupStage(optimize.Stage):
 
 def group_stage(base: optimize.Stage, mode: str, mesh: Mesh | None = None,
                 traces: collections.Counter | None = None) -> GroupStage:
-  return GroupStage(base.name, base.loss_fn, base.optimizer, base.ema_decay, base.net, base=base,
+  return GroupStage(base.name, base.loss_fn, base.optimizer, base.ema_decay, base.net,
+                    base.compiler_options, base=base,
                     mode=mode, mesh=mesh, traces=traces)
 
 

@@ -20,6 +20,15 @@ OUTPUTS = ('ema', 'last')
 DTYPES = ('float32', 'bfloat16')
 STOPS = ('auto', 'fixed')
 OUTPUT_BIASES = ('mean', 'zero')
+CPU_CONVS = ('eigen', 'ynnpack')
+# XLA:CPU (jax 0.10) sends convolutions, dots and reductions to YNNPACK by default. 'eigen' keeps
+# YNNPACK for dots and reductions only: its convolution kernels are 3-5x slower than XLA's Eigen ones
+# for this network's narrow, odd channel counts (docs/benchmarks.md, section 3).
+_CPU_CONV_OPTIONS = {
+    'eigen': (('xla_cpu_experimental_ynn_fusion_type',
+               'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'),),
+    'ynnpack': None,  # XLA's defaults.
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +54,9 @@ class FusionConfig:
   ema_decay: float = 0.99  # Decay of that EMA.
   chunk_size: int = 50  # Steps per compiled lax.scan call (progress is reported between chunks).
   compute_dtype: str = 'float32'  # Convolution compute dtype ('bfloat16' for accelerators).
+  # Convolution kernels of the step programs on XLA:CPU: 'eigen' (XLA's own) or 'ynnpack' (XLA's
+  # default in jax 0.10); ignored on other backends. Same maths, different rounding.
+  cpu_conv: str = 'eigen'
   loop: str = 'auto'  # Step loop: 'scan' (lax.scan chunks), 'python' (dispatched jitted steps), 'auto'.
   # Convergence stop (no ground truth; optimize.StopRule): 'auto' ends a stage once its result (the EMA
   # of the outputs) changes by less than stop_tol (mean absolute change, intensities in [0, 1]) per
@@ -82,6 +94,8 @@ class FusionConfig:
     if not (self.stop_tol > 0 and self.stop_window >= 1 and self.stop_min_iters >= 0 and
             self.stop_patience >= 1):
       raise ValueError('stop_tol must be > 0, stop_window and stop_patience >= 1, stop_min_iters >= 0')
+    if self.cpu_conv not in CPU_CONVS:
+      raise ValueError(f"cpu_conv must be one of {CPU_CONVS}, got '{self.cpu_conv}'")
     if self.compute_dtype not in DTYPES:
       raise ValueError(f"compute_dtype must be one of {DTYPES}, got '{self.compute_dtype}'")
 
@@ -92,6 +106,10 @@ class FusionConfig:
       return None
     min_steps = self.stop_min_iters if stage == 'main' else min(self.stop_min_iters, self.mask_iters // 2)
     return StopRule(self.stop_tol, self.stop_window, min_steps, self.stop_patience)
+
+  def compiler_options(self):
+    """XLA compiler options of the step programs on CPU, as (name, value) pairs, or None."""
+    return _CPU_CONV_OPTIONS[self.cpu_conv]
 
   def replace(self, **changes) -> 'FusionConfig':
     return dataclasses.replace(self, **changes)

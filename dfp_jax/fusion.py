@@ -124,7 +124,8 @@ def mask_stage(config: FusionConfig, num_inputs: int) -> optimize.Stage:
                                            problem['images'])
     return loss, (terms, soft)
 
-  return optimize.Stage('mask', loss_fn, optax.adam(config.mask_lr), config.ema_decay, net)
+  return optimize.Stage('mask', loss_fn, optax.adam(config.mask_lr), config.ema_decay, net,
+                        config.compiler_options())
 
 
 @functools.lru_cache(maxsize=64)
@@ -141,7 +142,8 @@ def main_stage(config: FusionConfig, channels: int) -> optimize.Stage:
                                      problem['grad_target'], weights)
     return loss, (terms, out_hr)
 
-  return optimize.Stage('main', loss_fn, optax.adam(config.lr), config.ema_decay, net)
+  return optimize.Stage('main', loss_fn, optax.adam(config.lr), config.ema_decay, net,
+                        config.compiler_options())
 
 
 @functools.partial(jax.jit, static_argnames='config')
@@ -226,7 +228,8 @@ def dip_stage(config: FusionConfig, channels: int) -> optimize.Stage:
     mse = jnp.mean(jnp.square(resample.lanczos2_downsample(out_hr, s) - problem['image']))
     return mse, ({'total': mse}, out_hr)
 
-  return optimize.Stage('dip', loss_fn, optax.adam(config.lr), config.ema_decay, net)
+  return optimize.Stage('dip', loss_fn, optax.adam(config.lr), config.ema_decay, net,
+                        config.compiler_options())
 
 
 @functools.partial(jax.jit, static_argnames='config')

@@ -18,6 +18,9 @@ Architecture, for scale i = 0 .. D-1 with input x_i (the module applies it recur
   y_i      = LReLU(BN(conv1x1(LReLU(BN(conv_k(y_i))))))        (decoder)
   out      = sigmoid(conv1x1(y_0))
 conv_k is reflect-pad + k x k convolution (or two 3x3 convolutions when `double_3x3`), LReLU slope 0.2.
+Stride-2 convolutions are computed by default as stride-1 convolutions on the space-to-depth input
+(`space_to_depth_conv`; `strided_conv='direct'` for lax's strided form): the same parameters and the
+same function, cheaper to differentiate on XLA:CPU.
 Upsampling is x2 bilinear with half-pixel centres (`jax.image.resize` convention, PyTorch
 `align_corners=False`; the authors' code uses `align_corners=True`), or nearest.
 
@@ -61,6 +64,44 @@ class CurrentStatsBatchNorm(nn.Module):
     return ((xf - mean) * inv + bias).astype(x.dtype)
 
 
+def space_to_depth_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                        dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+  """`lax.conv_general_dilated` for NHWC / HWIO, with a stride-2 VALID convolution computed as a
+  stride-1 one on the space-to-depth rearrangement of the input (same result up to rounding).
+
+  A k x k stride-2 kernel is zero-padded to k' = k + (k mod 2) taps and regrouped into a
+  (k'/2) x (k'/2) kernel over 4C channels, so that out[i] = sum_a x[2i + a] w[a] becomes
+  sum_q xs[i + q] w'[q] with xs[j] = (x[2j], x[2j + 1]). Same parameters, same output; on XLA:CPU
+  (jax 0.10) the stride-2 convolutions' gradients, computed as dilated convolutions, cost 2-4x
+  more than this form at the network's wide levels (docs/benchmarks.md, section 3b). Anything else
+  (other strides, padding, dilation, groups, odd sizes) goes to `lax.conv_general_dilated` as is.
+  """
+  plain = functools.partial(jax.lax.conv_general_dilated, lhs, rhs, window_strides, padding,
+                            lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                            dimension_numbers=dimension_numbers,
+                            feature_group_count=feature_group_count, precision=precision, **kwargs)
+  ones = (None, (1, 1), [1, 1])
+  valid = isinstance(padding, str) and padding == 'VALID' or (
+      not isinstance(padding, str) and all(tuple(p) == (0, 0) for p in padding))
+  dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  nhwc = dn == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
+  if not (tuple(window_strides) == (2, 2) and valid and lhs_dilation in ones and
+          rhs_dilation in ones and feature_group_count == 1 and nhwc and lhs.ndim == 4 and
+          lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0):
+    return plain()
+  n, h, w, c = lhs.shape
+  kh, kw, _, f = rhs.shape
+  th, tw = kh + kh % 2, kw + kw % 2
+  k = jnp.pad(rhs, ((0, th - kh), (0, tw - kw), (0, 0), (0, 0)))
+  k = k.reshape(th // 2, 2, tw // 2, 2, c, f).transpose(0, 2, 1, 3, 4, 5).reshape(th // 2, tw // 2, 4 * c, f)
+  x = lhs.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h // 2, w // 2, 4 * c)
+  return jax.lax.conv_general_dilated(x, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      precision=precision, **kwargs)
+
+
+STRIDED_CONVS = ('space_to_depth', 'direct')
+
+
 class ConvK(nn.Module):
   """Reflect-padded k x k convolution (or two 3x3 ones), first one with the given stride."""
   features: int  # Output channels.
@@ -68,6 +109,7 @@ class ConvK(nn.Module):
   stride: int = 1  # Stride of the (first) convolution.
   double_3x3: bool = False  # Replace the k x k convolution by two 3x3 convolutions.
   dtype: jnp.dtype = jnp.float32  # Compute dtype of the convolution.
+  strided_conv: str = 'space_to_depth'  # How a stride-2 convolution is computed (same result).
 
   @nn.compact
   def __call__(self, x):
@@ -76,8 +118,11 @@ class ConvK(nn.Module):
       p = k // 2
       if p:
         x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode='reflect')
-      x = nn.Conv(self.features, (k, k), strides=self.stride if j == 0 else 1, padding='VALID',
-                  kernel_init=torch_default_init, dtype=self.dtype, param_dtype=jnp.float32)(x)
+      stride = self.stride if j == 0 else 1
+      impl = space_to_depth_conv if (stride == 2 and self.strided_conv == 'space_to_depth') else None
+      x = nn.Conv(self.features, (k, k), strides=stride, padding='VALID',
+                  kernel_init=torch_default_init, dtype=self.dtype, param_dtype=jnp.float32,
+                  conv_general_dilated=impl)(x)
     return x
 
 
@@ -95,11 +140,12 @@ class SkipLevel(nn.Module):
   upsample: str = 'bilinear'
   negative_slope: float = 0.2
   dtype: jnp.dtype = jnp.float32
+  strided_conv: str = 'space_to_depth'
 
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(ConvK, kernel_size=self.kernel_size, double_3x3=self.double_3x3,
-                             dtype=self.dtype)
+                             dtype=self.dtype, strided_conv=self.strided_conv)
     act = functools.partial(_act, slope=self.negative_slope)
     bn = CurrentStatsBatchNorm
     d = act(bn()(conv(self.channels_down[0], stride=2)(x)))
@@ -107,7 +153,7 @@ class SkipLevel(nn.Module):
     if len(self.channels_down) > 1:
       d = SkipLevel(self.channels_down[1:], self.channels_up[1:], self.channels_skip[1:],
                     self.kernel_size, self.double_3x3, self.upsample, self.negative_slope,
-                    self.dtype)(d)
+                    self.dtype, self.strided_conv)(d)
     d = resample.bilinear_up2(d) if self.upsample == 'bilinear' else resample.nearest_up2(d)
     if self.channels_skip[0] > 0:
       s = nn.Conv(self.channels_skip[0], (1, 1), kernel_init=torch_default_init, dtype=self.dtype,
@@ -133,6 +179,9 @@ class SkipNet(nn.Module):
   negative_slope: float = 0.2  # LeakyReLU slope.
   output_activation: str = 'sigmoid'  # 'sigmoid' or 'none' (logits, for masks).
   dtype: jnp.dtype = jnp.float32  # Compute dtype of convolutions (parameters stay float32).
+  # Stride-2 convolutions: 'space_to_depth' (a stride-1 convolution on the space-to-depth input,
+  # faster on XLA:CPU) or 'direct' (lax's strided convolution). Same parameters, same output.
+  strided_conv: str = 'space_to_depth'
 
   def __post_init__(self):
     if not (len(self.channels_down) == len(self.channels_up) == len(self.channels_skip)):
@@ -144,6 +193,8 @@ class SkipNet(nn.Module):
       raise ValueError(f"upsample must be 'bilinear' or 'nearest', got '{self.upsample}'")
     if self.output_activation not in ('sigmoid', 'none'):
       raise ValueError(f"output_activation must be 'sigmoid' or 'none', got '{self.output_activation}'")
+    if self.strided_conv not in STRIDED_CONVS:
+      raise ValueError(f"strided_conv must be one of {STRIDED_CONVS}, got '{self.strided_conv}'")
     super().__post_init__()
 
   @property
@@ -166,7 +217,8 @@ class SkipNet(nn.Module):
     x = z[None] if z.ndim == 3 else z
     x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode='reflect').astype(self.dtype)
     y = SkipLevel(self.channels_down, self.channels_up, self.channels_skip, self.kernel_size,
-                  self.double_3x3, self.upsample, self.negative_slope, self.dtype)(x)
+                  self.double_3x3, self.upsample, self.negative_slope, self.dtype,
+                  self.strided_conv)(x)
     y = nn.Conv(self.out_channels, (1, 1), kernel_init=torch_default_init, dtype=self.dtype,
                 param_dtype=jnp.float32, name='head')(y)
     y = y.astype(jnp.float32)[:, :h, :w, :]
@@ -184,6 +236,7 @@ class NetConfig:
   kernel_size: int = 5  # Convolution size n_d.
   double_3x3: bool = False  # Two 3x3 convolutions instead of each n_d x n_d one.
   upsample: str = 'bilinear'  # Decoder upsampling.
+  strided_conv: str = 'space_to_depth'  # How stride-2 convolutions are computed (see SkipNet).
 
   def __post_init__(self):
     if not (len(self.channels_down) == len(self.channels_up) == len(self.channels_skip)):
@@ -195,13 +248,15 @@ class NetConfig:
       raise ValueError(f'kernel_size must be odd, got {self.kernel_size}')
     if self.upsample not in ('bilinear', 'nearest'):
       raise ValueError(f"upsample must be 'bilinear' or 'nearest', got '{self.upsample}'")
+    if self.strided_conv not in STRIDED_CONVS:
+      raise ValueError(f"strided_conv must be one of {STRIDED_CONVS}, got '{self.strided_conv}'")
 
   def build(self, out_channels: int, output_activation: str = 'sigmoid',
             dtype=jnp.float32) -> SkipNet:
     return SkipNet(out_channels=out_channels, channels_down=tuple(self.channels_down),
                    channels_up=tuple(self.channels_up), channels_skip=tuple(self.channels_skip),
                    kernel_size=self.kernel_size, double_3x3=self.double_3x3, upsample=self.upsample,
-                   output_activation=output_activation, dtype=dtype)
+                   output_activation=output_activation, dtype=dtype, strided_conv=self.strided_conv)
 
 
 IMAGE_NET = NetConfig()

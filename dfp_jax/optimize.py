@@ -24,6 +24,11 @@ loop than in straight-line code (measured on this project's 2-core CI machine: 0
 256x256 output as a jitted step, 2.1 s per step inside `lax.scan`, with or without the legacy runtime;
 a fully unrolled 25-step scan ran at 0.29 s but took 172 s to compile). See docs/benchmarks.md.
 
+A stage may carry XLA compiler options for its step programs (`Stage.compiler_options`, applied on CPU
+only): `FusionConfig.cpu_conv='eigen'` (default) keeps XLA:CPU's convolutions off YNNPACK, whose
+kernels are several times slower than XLA's Eigen ones for this network's narrow, odd channel counts
+(jax 0.10.2: a 5x5, 20 -> 8 channel convolution at 256x256 takes 42 ms on YNNPACK, 8 ms on Eigen).
+
 The output of a stage is never chosen with a ground truth: it is the EMA of the iterates' outputs
 (bias-corrected, decay 0.99 as in deep image prior) or the last iterate's output.
 """
@@ -66,6 +71,8 @@ class Stage:
   optimizer: optax.GradientTransformation  # E.g. optax.adam(1e-3).
   ema_decay: float = 0.99  # Decay of the output EMA.
   net: Any = None  # The Flax module the loss applies (used to initialise parameters), if any.
+  # XLA compiler options of the step programs on CPU, as (name, value) pairs (None: XLA's defaults).
+  compiler_options: tuple | None = None
 
   def step(self, state: 'TrainState', problem) -> tuple['TrainState', dict]:
     """One update of `state` (`train_step`); the batch engine overrides it with a vmapped one."""
@@ -204,13 +211,14 @@ def compile_chunk(stage: Stage, state: TrainState, problem, chunk_size: int, loo
     return stage.compiled[key], 0.0
   t0 = time.perf_counter()
   if loop == 'scan':
-    compiled = stage.jit_chunk.lower(state, problem, jnp.int32(0), chunk_size=chunk_size).compile()
+    compiled = compile_with_options(
+        stage.jit_chunk.lower(state, problem, jnp.int32(0), chunk_size=chunk_size), stage)
 
     def run(state, problem, n):
       state, terms = compiled(state, problem, jnp.int32(n))
       return state, {k: v[:n] for k, v in terms.items()}
   else:
-    compiled = stage.jit_step.lower(state, problem).compile()
+    compiled = compile_with_options(stage.jit_step.lower(state, problem), stage)
 
     def run(state, problem, n):
       per_step = []
@@ -221,6 +229,19 @@ def compile_chunk(stage: Stage, state: TrainState, problem, chunk_size: int, loo
   run.executable = compiled  # For memory / cost analysis.
   stage.compiled[key] = run
   return run, time.perf_counter() - t0
+
+
+def compile_with_options(lowered, stage: Stage):
+  """`lowered.compile()` with the stage's compiler options on CPU. An XLA that rejects an option
+  (a renamed flag in another jaxlib) gets a logged warning and XLA's defaults, never a failed run."""
+  if not stage.compiler_options or jax.default_backend() != 'cpu':
+    return lowered.compile()
+  try:
+    return lowered.compile(compiler_options=dict(stage.compiler_options))
+  except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError: INVALID_ARGUMENT)
+    logging.warning('XLA rejected the compiler options %s (%s); compiling with its defaults',
+                    dict(stage.compiler_options), str(e).splitlines()[0][:200])
+    return lowered.compile()
 
 
 def _signature(tree) -> tuple:

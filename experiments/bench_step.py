@@ -10,6 +10,7 @@ rate (2048^3 jnp.dot) measured in the same run as the ceiling, compile time, and
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -34,6 +35,10 @@ flags.DEFINE_list('scales', ['2'], 'Scales.')
 flags.DEFINE_list('stages', ['main', 'mask'], 'Stages: main, mask.')
 flags.DEFINE_list('loops', ['auto'], 'Loops to time: auto, python, scan.')
 flags.DEFINE_list('dtypes', ['float32'], 'Compute dtypes: float32, bfloat16.')
+flags.DEFINE_list('cpu_convs', ['eigen', 'ynnpack'], 'XLA:CPU convolution kernels to compare (see '
+                  '--cpu_conv of run.py), timed interleaved in the same process.')
+flags.DEFINE_list('strided_convs', ['space_to_depth', 'direct'], 'Stride-2 convolution forms to compare '
+                  '(see --strided_conv of run.py); every (cpu_conv, strided_conv) pair is timed.')
 flags.DEFINE_integer('steps', 20, 'Timed steps per row (after one warm-up chunk of the same length).')
 flags.DEFINE_integer('repeats', 3, 'Timed chunks per row; the median per-step time is reported.')
 flags.DEFINE_string('json', None, 'Write the rows as JSON here.')
@@ -51,40 +56,64 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
   return 2 * n ** 3 / np.median(ts) / 1e9
 
 
-def bench_row(size, scale, stage_name, loop, dtype, steps, repeats):
-  cfg = FusionConfig(scale=scale, compute_dtype=dtype)
+# The authors' PyTorch step (issue 6's table: 2 threads on this machine kind), seconds, keyed by
+# (stage, input size) at x2: a range (low, high); None where their code fails (mask net needs >= 96).
+PYTORCH_STEP_S = {('main', 64): (0.083, 0.096), ('main', 128): (0.245, 0.275), ('main', 256): (0.60, 0.75),
+                  ('mask', 128): (0.13, 0.14), ('mask', 256): (0.28, 0.29)}
+
+
+def bench_rows(size, scale, stage_name, loop, dtype, variants, steps, repeats):
+  """One row per (cpu_conv, strided_conv) variant, timed interleaved (A, B, C, A, B, C, ...) so that
+  a noisy, shared machine affects all of them alike."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((2, size, size, 3)).astype(np.float32))
   m = jnp.stack([jnp.ones((size, size)), jnp.zeros((size, size))])
-  if stage_name == 'main':
-    stage = fusion.main_stage(cfg, 3)
-    state, problem = fusion.init_main_state(jax.random.key(0), x, m, config=cfg)
-  else:
-    stage = fusion.mask_stage(cfg, 2)
-    state, problem = fusion.init_mask_state(jax.random.key(0), x, m, config=cfg)
   loop = optimize.resolve_loop(loop)
-  compiled_step = stage.jit_step.lower(state, problem).compile()
-  cost = compiled_step.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
-  ma = compiled_step.memory_analysis()
-  xla_bytes = (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes
-               - ma.alias_size_in_bytes) if ma is not None else None
-  est = fusion.estimate_memory(size, size, 2, 3, cfg)[stage_name]
-  run, compile_s = optimize.compile_chunk(stage, state, problem, steps, loop)
-  state, terms = run(state, problem, steps)  # Warm-up.
-  jax.block_until_ready(terms)
-  per_step = []
+  runs = []
+  for conv, strided in variants:
+    cfg = FusionConfig(scale=scale, compute_dtype=dtype, cpu_conv=conv,
+                       image_net=dataclasses.replace(FusionConfig.image_net, strided_conv=strided),
+                       mask_net=dataclasses.replace(FusionConfig.mask_net, strided_conv=strided))
+    if stage_name == 'main':
+      stage = fusion.main_stage(cfg, 3)
+      state, problem = fusion.init_main_state(jax.random.key(0), x, m, config=cfg)
+    else:
+      stage = fusion.mask_stage(cfg, 2)
+      state, problem = fusion.init_mask_state(jax.random.key(0), x, m, config=cfg)
+    t0 = time.perf_counter()  # The step's compilation (compile_chunk below then reuses it).
+    compiled_step = optimize.compile_with_options(stage.jit_step.lower(state, problem), stage)
+    compile_s = time.perf_counter() - t0
+    cost = compiled_step.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+    ma = compiled_step.memory_analysis()
+    xla_bytes = (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes
+                 - ma.alias_size_in_bytes) if ma is not None else None
+    est = fusion.estimate_memory(size, size, 2, 3, cfg)[stage_name]
+    run, chunk_compile_s = optimize.compile_chunk(stage, state, problem, steps, loop)
+    compile_s = compile_s if loop == 'python' else chunk_compile_s
+    state, terms = run(state, problem, steps)  # Warm-up.
+    jax.block_until_ready(terms)
+    runs.append(dict(conv=conv, strided=strided, run=run, state=state, problem=problem, flops=flops, xla_bytes=xla_bytes,
+                     est=est, compile_s=compile_s, per_step=[]))
   for _ in range(repeats):
-    t = time.perf_counter()
-    state, terms = run(state, problem, steps)
-    jax.block_until_ready((state, terms))
-    per_step.append((time.perf_counter() - t) / steps)
-  step_s = float(np.median(per_step))
-  return {'lr_size': size, 'scale': scale, 'stage': stage_name, 'loop': loop, 'dtype': dtype,
-          'output_size': size * scale if stage_name == 'main' else size, 'step_s': step_s,
-          'step_s_all': per_step, 'gflops': flops / 1e9, 'gflops_per_s': flops / 1e9 / step_s,
-          'compile_s': compile_s, 'xla_memory_bytes': xla_bytes, 'estimated_memory_bytes': est}
+    for r in runs:
+      t = time.perf_counter()
+      r['state'], terms = r['run'](r['state'], r['problem'], steps)
+      jax.block_until_ready((r['state'], terms))
+      r['per_step'].append((time.perf_counter() - t) / steps)
+  rows = []
+  for r in runs:
+    step_s = float(np.median(r['per_step']))
+    ref = PYTORCH_STEP_S.get((stage_name, size)) if scale == 2 else None
+    rows.append({'lr_size': size, 'scale': scale, 'stage': stage_name, 'loop': loop, 'dtype': dtype,
+                 'cpu_conv': r['conv'], 'strided_conv': r['strided'], 'output_size': size * scale if stage_name == 'main' else size,
+                 'step_s': step_s, 'step_s_all': r['per_step'], 'gflops': r['flops'] / 1e9,
+                 'gflops_per_s': r['flops'] / 1e9 / step_s, 'compile_s': r['compile_s'],
+                 'xla_memory_bytes': r['xla_bytes'], 'estimated_memory_bytes': r['est'],
+                 'pytorch_step_s': ref,
+                 'speedup_vs_pytorch': None if ref is None else [ref[0] / step_s, ref[1] / step_s]})
+  return rows
 
 
 def main(argv):
@@ -97,21 +126,38 @@ def main(argv):
       for stage in FLAGS.stages:
         for loop in FLAGS.loops:
           for dtype in FLAGS.dtypes:
-            r = bench_row(size, scale, stage, loop, dtype, FLAGS.steps, FLAGS.repeats)
-            r['matmul_gflops_per_s'] = ceiling
-            rows.append(r)
-            print(f"{size:>5} x{scale} {stage:<4} {r['loop']:<6} {dtype:<8} step {r['step_s']*1e3:8.2f} ms  "
-                  f"{r['gflops']:7.2f} GFLOP  {r['gflops_per_s']:8.1f} GFLOP/s  compile {r['compile_s']:5.1f} s",
-                  flush=True)
+            convs = FLAGS.cpu_convs if jax.default_backend() == 'cpu' else FLAGS.cpu_convs[:1]
+            variants = [(c, s) for c in convs for s in FLAGS.strided_convs]
+            for r in bench_rows(size, scale, stage, loop, dtype, variants, FLAGS.steps, FLAGS.repeats):
+              r['matmul_gflops_per_s'] = ceiling
+              rows.append(r)
+              print(f"{size:>5} x{scale} {stage:<4} {r['loop']:<6} {dtype:<8} {r['cpu_conv']:<7} "
+                    f"{r['strided_conv']:<14} step "
+                    f"{r['step_s']*1e3:8.2f} ms  {r['gflops']:7.2f} GFLOP  {r['gflops_per_s']:8.1f} GFLOP/s  "
+                    f"compile {r['compile_s']:5.1f} s", flush=True)
+  # The space-to-depth form adds zero taps that XLA's cost analysis counts; GFLOP/s is reported on the
+  # network's own FLOPs (the direct form's count for the same row) where that row was measured.
+  for r in rows:
+    direct = [q for q in rows if (q['lr_size'], q['scale'], q['stage'], q['dtype'], q['strided_conv']) ==
+              (r['lr_size'], r['scale'], r['stage'], r['dtype'], 'direct')]
+    if direct:
+      r['gflops_counted'] = r['gflops']
+      r['gflops'] = direct[0]['gflops']
+      r['gflops_per_s'] = r['gflops'] / r['step_s']
   print(f'\nbackend {jax.default_backend()} ({jax.devices()[0].device_kind}); float32 matmul '
         f'ceiling {ceiling:.0f} GFLOP/s\n')
-  print('| input | scale | stage | loop | dtype | step (ms) | GFLOP/step | GFLOP/s | compile (s) | XLA mem (MiB) | estimate (MiB) |')
-  print('|---|---|---|---|---|---|---|---|---|---|---|')
+  print('| input | scale | stage | loop | dtype | CPU conv | strided conv | step (ms) | GFLOP/step | GFLOP/s | compile (s) '
+        '| XLA mem (MiB) | estimate (MiB) | PyTorch step (issue 6, ms) | speed-up vs PyTorch |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
   for r in rows:
     mem = f"{r['xla_memory_bytes'] / 2**20:.0f}" if r['xla_memory_bytes'] else '-'
-    print(f"| {r['lr_size']} | x{r['scale']} | {r['stage']} | {r['loop']} | {r['dtype']} | "
+    ref = r['pytorch_step_s']
+    ref_s = f'{ref[0]*1e3:.0f}-{ref[1]*1e3:.0f}' if ref else '-'
+    up = r['speedup_vs_pytorch']
+    up_s = f'{up[0]:.2f}-{up[1]:.2f}x' if up else '-'
+    print(f"| {r['lr_size']} | x{r['scale']} | {r['stage']} | {r['loop']} | {r['dtype']} | {r['cpu_conv']} | {r['strided_conv']} | "
           f"{r['step_s']*1e3:.1f} | {r['gflops']:.2f} | {r['gflops_per_s']:.1f} | {r['compile_s']:.1f} | "
-          f"{mem} | {r['estimated_memory_bytes'] / 2**20:.0f} |")
+          f"{mem} | {r['estimated_memory_bytes'] / 2**20:.0f} | {ref_s} | {up_s} |")
   if FLAGS.json:
     image_io.write_json(FLAGS.json, {'backend': jax.default_backend(),
                                      'device': jax.devices()[0].device_kind,

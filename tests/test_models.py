@@ -7,6 +7,8 @@ uses a depth-2 network with 3x3 kernels (min size 4) on images of at most 16 x 2
 
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import flax.linen as nn
 import jax
@@ -176,6 +178,62 @@ def test_config_errors():
     models.NetConfig(channels_down=(4,), channels_up=(4,), channels_skip=(2,), upsample='cubic').build(3)
   with pytest.raises(ValueError, match='output_activation'):
     TINY.build(3, output_activation='tanh')
+  with pytest.raises(ValueError, match='strided_conv'):
+    models.NetConfig(strided_conv='fft')
+
+
+def _conv_float64(x, w, stride):
+  """VALID NHWC/HWIO convolution (cross-correlation) in float64 NumPy, by its definition."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  n, h, wd, _ = x.shape
+  kh, kw, _, f = w.shape
+  oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+  out = np.zeros((n, oh, ow, f))
+  for a in range(kh):
+    for b in range(kw):
+      patch = x[:, a:a + stride * (oh - 1) + 1:stride, b:b + stride * (ow - 1) + 1:stride, :]
+      out += patch @ w[a, b]
+  return out
+
+
+@pytest.mark.parametrize('k,h,w,c,f', [(5, 20, 12, 3, 4), (3, 8, 14, 5, 2), (1, 6, 6, 2, 3), (4, 10, 8, 2, 2)])
+def test_space_to_depth_conv_matches_float64_strided_conv(k, h, w, c, f):
+  x = _rand((2, h, w, c), seed=k)
+  kern = _rand((k, k, c, f), seed=k + 1) - 0.5
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  got = np.asarray(models.space_to_depth_conv(jnp.asarray(x), jnp.asarray(kern), (2, 2), 'VALID',
+                                              dimension_numbers=dn))
+  want = _conv_float64(x, kern, 2)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_space_to_depth_conv_passes_other_cases_through():
+  x = jnp.asarray(_rand((1, 9, 8, 2), seed=1))  # Odd height: no space-to-depth.
+  kern = jnp.asarray(_rand((3, 3, 2, 2), seed=2))
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  for stride in ((2, 2), (1, 1)):
+    got = models.space_to_depth_conv(x, kern, stride, 'VALID', dimension_numbers=dn)
+    want = jax.lax.conv_general_dilated(x, kern, stride, 'VALID', dimension_numbers=dn)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_strided_conv_forms_share_parameters_and_output():
+  """'space_to_depth' and 'direct' SKIPnets: the same parameter tree, the same output (1e-5), and the
+  same gradients for every parameter whose gradient is not zero up to rounding (conv biases feeding a
+  BatchNorm have a true gradient of 0)."""
+  z = jnp.asarray(_rand((8, 12, 3), seed=5))
+  nets = {s: dataclasses.replace(TINY, strided_conv=s).build(3) for s in ('space_to_depth', 'direct')}
+  p_s2d = jax.jit(nets['space_to_depth'].init)(jax.random.key(0), z)
+  p_dir = jax.jit(nets['direct'].init)(jax.random.key(0), z)
+  chex.assert_trees_all_equal(p_s2d, p_dir)
+  out = {s: np.asarray(jax.jit(n.apply)(p_s2d, z)) for s, n in nets.items()}
+  np.testing.assert_allclose(out['space_to_depth'], out['direct'], atol=1e-5)
+  grads = {s: jax.jit(jax.grad(lambda p, n=n: jnp.sum(n.apply(p, z) ** 2)))(p_s2d) for s, n in nets.items()}
+  for a, b in zip(jax.tree.leaves(grads['space_to_depth']), jax.tree.leaves(grads['direct'])):
+    scale = float(np.max(np.abs(np.asarray(b))))
+    if scale > 1e-3:
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4 * scale)
 
 
 @pytest.mark.parametrize('cfg', [
