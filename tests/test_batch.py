@@ -56,12 +56,19 @@ def singles(scenes):
 
 
 def _close(r, ref):
-  np.testing.assert_allclose(r.fused, ref.fused, atol=2e-5)
+  """vmap runs a different (batched) convolution program, so float32 rounding differs; Adam's
+  normalised steps amplify it on near-zero gradients, and the gap grows with every main step (one
+  16x24 scene here: 3e-8 in the loss at step 2, 1e-5 at step 4, 5.6e-4 in the image on an AVX-512
+  machine, 2e-5 on another). So: maps exact, losses tight for the first two steps, the image loose.
+  A real mix-up (another scene's data, statistics or key) changes the maps or the first losses."""
   np.testing.assert_array_equal(r.decision_maps_raw, ref.decision_maps_raw)
   np.testing.assert_array_equal(r.decision_maps, ref.decision_maps)
-  for stage in ('mask', 'main'):
-    for k, v in ref.history[stage].items():
-      np.testing.assert_allclose(r.history[stage][k], v, rtol=1e-4, atol=1e-6)
+  for k, v in ref.history['mask'].items():
+    np.testing.assert_allclose(r.history['mask'][k], v, rtol=1e-5, atol=1e-7)
+  for k, v in ref.history['main'].items():
+    np.testing.assert_allclose(r.history['main'][k][:2], v[:2], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(r.history['main'][k], v, rtol=3e-4, atol=1e-6)
+  np.testing.assert_allclose(r.fused, ref.fused, atol=3e-3)
 
 
 def test_vmap_equals_loop_of_single_scenes(scenes, singles, programs):
