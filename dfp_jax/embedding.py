@@ -49,13 +49,23 @@ def straight_through(soft: jnp.ndarray) -> jnp.ndarray:
   return soft + jax.lax.stop_gradient(hard_maps(soft) - soft)
 
 
+def abs_zero_subgradient(x: jnp.ndarray) -> jnp.ndarray:
+  """|x| of a real array with derivative sign(x), i.e. 0 at x = 0 (torch.abs's choice; jnp.abs's
+  derivative at 0 is +1). Same values as jnp.abs (real dtypes only).
+
+  The straight-through maps are exactly 0 or 1, so |m_hat - m| is exactly 0 on every pixel the embedding
+  already gets right; with jnp.abs those pixels would still receive a full-size gradient that always
+  pushes m_hat towards the second input."""
+  return x * jax.lax.stop_gradient(jnp.sign(x))
+
+
 def embedding_loss(maps_hat: jnp.ndarray, maps: jnp.ndarray, images: jnp.ndarray):
   """L_opt for maps_hat, maps [N, H, W] and inputs [N, H, W, C]; returns (loss, terms)."""
   n = maps.shape[0]
-  diff = jnp.abs(maps_hat - maps)
+  diff = abs_zero_subgradient(maps_hat - maps)
   # For two inputs |1 - m_hat - (1 - m)| repeats |m_hat - m|: count the map term once.
   map_term = jnp.mean(diff[0]) if n == 2 else jnp.mean(jnp.sum(diff, axis=0))
-  image_term = jnp.sum(jnp.mean(jnp.abs(maps_hat[..., None] * images - maps[..., None] * images),
+  image_term = jnp.sum(jnp.mean(abs_zero_subgradient(maps_hat[..., None] * images - maps[..., None] * images),
                                 axis=(1, 2, 3)))
   total = map_term + image_term
   return total, {'total': total, 'map': map_term, 'masked_inputs': image_term}

@@ -166,3 +166,34 @@ def test_embedding_loss_zero_at_the_target(n):
   maps = embedding.hard_maps(jnp.asarray(_soft(n, 90 + n)))
   total, terms = embedding.embedding_loss(maps, maps, x)
   assert float(total) == 0.0 and float(terms['map']) == 0.0 and float(terms['masked_inputs']) == 0.0
+
+
+def test_abs_zero_subgradient_value_and_derivative():
+  x = jnp.asarray([-np.inf, -2.0, -0.5, -0.0, 0.0, 0.25, 3.0, np.inf], jnp.float32)
+  y = np.asarray(embedding.abs_zero_subgradient(x))
+  np.testing.assert_array_equal(y, np.abs(np.asarray(x)))
+  assert not np.signbit(y).any()  # |-0.0| is +0.0.
+  g = jax.vmap(jax.grad(embedding.abs_zero_subgradient))(x[1:-1])
+  np.testing.assert_array_equal(g, [-1.0, -1.0, 0.0, 0.0, 1.0, 1.0])  # torch.abs's choice: 0 at 0.
+
+
+@pytest.mark.parametrize('n', [2, 3])
+def test_embedding_gradient_vanishes_on_pixels_already_right(n):
+  """Through the straight-through maps the pixels that already match the target get no gradient;
+  the wrong ones get the float64 derivative of the loss (with jnp.abs every right pixel got one too)."""
+  x = jnp.asarray(_rand((n, 8, 8, 3), 100 + n))
+  target = embedding.hard_maps(jnp.asarray(_soft(n, 110 + n)))
+  soft = jnp.asarray(_soft(n, 120 + n))
+  grad = jax.grad(lambda s: embedding.embedding_loss(embedding.straight_through(s), target, x)[0])(soft)
+  hard = np.asarray(embedding.hard_maps(soft))
+  right = np.all(hard == np.asarray(target), axis=0)  # Pixels whose hard map is already the target.
+  assert 0 < right.sum() < right.size
+  np.testing.assert_array_equal(np.asarray(grad)[:, right], 0.0)
+  # Wrong pixels: d/dm_hat_i of mean|m_hat_i - m_i| [+ sum over i] + mean|m_hat_i X_i - m_i X_i|.
+  hw = right.size
+  d = np.sign(hard.astype(np.float64) - np.asarray(target, np.float64))
+  xs = np.asarray(x, np.float64)
+  expected = d * np.abs(xs).sum(-1) / (hw * 3) + (d / hw if n > 2 else 0.0)
+  if n == 2:
+    expected[0] += d[0] / hw  # The map term is counted once, on the first map.
+  np.testing.assert_allclose(np.asarray(grad)[:, ~right], expected[:, ~right], rtol=1e-5, atol=1e-9)
