@@ -46,7 +46,8 @@ class FusionConfig:
   # channel, so the output starts at the scene's mean colour instead of grey 0.5; 'zero' = the usual
   # initialisation (the authors' code). A starting point only: it is trained like every other parameter.
   output_bias: str = 'mean'
-  doublereblur: DoubleReblurParams = DoubleReblurParams()  # Focus measure parameters.
+  # Focus measure parameters: the papers' [5, 3, 3, 0.01, 1] with the 'compare' two-input rule (focus.py).
+  doublereblur: DoubleReblurParams = DoubleReblurParams()
   image_net: NetConfig = IMAGE_NET  # Main SKIPnet.
   mask_net: NetConfig = MASK_NET  # Decision-embedding SKIPnet.
   weights: LossWeights = LossWeights()  # alpha, beta, gamma (and per-input lambda).

@@ -5,7 +5,9 @@ chosen automatically to cover the scene's depth, or given with --disparities) to
 with real synthetic-aperture defocus; downsample them by the scale (area averaging) to make the
 low-resolution inputs; fuse them; compare with the centre view (a pinhole rendering, all in focus).
 Methods, on the same inputs: DFP; the bicubic upsampling of the average of the inputs; the bicubic
-upsampling of the fusion by the DoubleReblur maps alone; the best single slice (bicubic).
+upsampling of the fusion by the DoubleReblur maps alone (the maps DFP starts from, `--doublereblur_rule`);
+the same with the papers' threshold rule when DFP uses another (`decision_map_threshold+bicubic`, for
+reference); the best single slice (bicubic).
 
   python experiments/benchmark_gt.py --lightfield=../shared/data/lightfield/hci_dino_33views \
       --scales=1,2 --json=outputs/benchmark_gt.json
@@ -16,6 +18,7 @@ contact sheet under --output_dir. Any light-field folder in HCI naming (or with 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -31,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from dfp_jax import baselines
+from dfp_jax import focus
 from dfp_jax import fusion
 from dfp_jax import image_io
 from dfp_jax import lightfield
@@ -96,6 +100,10 @@ def main(argv):
               baselines.decision_map_fusion(jnp.asarray(lr), raw), s)),
           'average+bicubic': np.asarray(baselines.upsample(baselines.average_fusion(jnp.asarray(lr)), s)),
       }
+      if n == 2 and cfg.doublereblur.rule != 'threshold':  # N > 2 always uses the argmax rule.
+        paper = dataclasses.replace(cfg.doublereblur, rule='threshold')
+        outs['decision_map_threshold+bicubic'] = np.asarray(baselines.upsample(
+            baselines.decision_map_fusion(jnp.asarray(lr), focus.decision_maps(jnp.asarray(lr), paper)), s))
       slices = {i: score(np.asarray(baselines.upsample(jnp.asarray(x), s)), gt_s) for i, x in enumerate(lr)}
       best = max(slices, key=lambda i: slices[i]['PSNR'])
       outs['best_slice+bicubic'] = np.asarray(baselines.upsample(jnp.asarray(lr[best]), s))

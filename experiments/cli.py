@@ -49,6 +49,10 @@ def define_flags():
   flags.DEFINE_integer('iters', 1000, 'Main-stage (fusion prior) steps K.')
   flags.DEFINE_integer('mask_iters', 500, 'Decision-embedding steps K_m; 0 turns the embedding off.')
   flags.DEFINE_string('doublereblur', '5,3,3,0.01,1', 'DoubleReblur parameters kg,kd,ke,t,f.')
+  flags.DEFINE_enum('doublereblur_rule', 'compare', ['compare', 'threshold'], 'Two-input decision of '
+                    'DoubleReblur: compare = where the first input\'s second-reblur response (box mean '
+                    'over kd) is at least the second\'s (no threshold; t unused); threshold = the '
+                    'papers\' s > t (t is absolute: scene-dependent).')
   flags.DEFINE_float('lr', 1e-3, 'Adam learning rate of the main stage.')
   flags.DEFINE_float('mask_lr', 1e-3, 'Adam learning rate of the decision embedding.')
   flags.DEFINE_integer('seed', 0, 'Seed of the PRNG key (network init, noise input).')
@@ -125,7 +129,7 @@ def config_from_flags(f) -> FusionConfig:
              strided_conv=f.strided_conv)
   return FusionConfig(
       scale=f.scale, iters=f.iters, mask_iters=f.mask_iters, lr=f.lr, mask_lr=f.mask_lr,
-      input_type=f.input_type, output_bias=f.output_bias, doublereblur=DoubleReblurParams.parse(f.doublereblur),
+      input_type=f.input_type, output_bias=f.output_bias, doublereblur=DoubleReblurParams.parse(f.doublereblur, rule=f.doublereblur_rule),
       image_net=NetConfig(channels, channels, skip, **net),
       mask_net=NetConfig(channels, channels, mask_skip, **net),
       weights=LossWeights(*weights), output=f.output_average, chunk_size=f.chunk_size,

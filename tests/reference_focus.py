@@ -104,24 +104,36 @@ class Steps(NamedTuple):
   thresholded: np.ndarray
   closed: np.ndarray
   decision: np.ndarray
+  margin: np.ndarray  # What step 4 compares with 0: s - t, or box(s_A) - box(s_B) for 'compare'.
 
 
 def double_reblur_steps(y_a, y_b, kg=5, kd=3, ke=3, t=0.01, f=1, radius=5, wiener_eps=1e-2,
-                        lowpass_sigma=0.25) -> Steps:
-  """The six DoubleReblur steps for lumas y_a, y_b; decision is True where A is in focus."""
+                        lowpass_sigma=0.25, rule='threshold') -> Steps:
+  """The six DoubleReblur steps for lumas y_a, y_b; decision is True where A is in focus.
+
+  rule 'threshold': s_A > t (the paper). rule 'compare': B's response s_B is computed the same way
+  (kernel blurring B into A, reblur of B), and A wins where cv2.blur(s_A) >= cv2.blur(s_B) (kd x kd)."""
   kernel = kernel_estimate(y_a, y_b, radius, wiener_eps, lowpass_sigma)
   reblurred, d1 = first_reblur(y_a, kernel)
   s = second_reblur(d1, kg)
-  thresholded = s > t
+  if rule == 'compare':
+    _, d1_b = first_reblur(y_b, kernel_estimate(y_b, y_a, radius, wiener_eps, lowpass_sigma))
+    s_b = second_reblur(d1_b, kg)
+    box = lambda x: cv2.blur(x, (kd, kd), borderType=cv2.BORDER_REFLECT_101)
+    margin = box(s) - box(s_b)
+    thresholded = margin >= 0
+  else:
+    margin = s - t
+    thresholded = margin > 0
   closed = closing(thresholded, kd, ke)
   decision = fill_holes(largest_component(closed)) if f == 1 else closed
-  return Steps(kernel, reblurred, d1, s, thresholded, closed, decision)
+  return Steps(kernel, reblurred, d1, s, thresholded, closed, decision, margin)
 
 
 def params_kwargs(params) -> dict:
   """Keyword arguments of `double_reblur_steps` from a dfp_jax DoubleReblurParams."""
   return dict(kg=params.kg, kd=params.kd, ke=params.ke, t=params.t, f=params.f, radius=params.radius,
-              wiener_eps=params.wiener_eps, lowpass_sigma=params.lowpass_sigma)
+              wiener_eps=params.wiener_eps, lowpass_sigma=params.lowpass_sigma, rule=params.rule)
 
 
 def focus_measures(lumas, kg=5, kd=3, radius=5, wiener_eps=1e-2, lowpass_sigma=0.25) -> np.ndarray:

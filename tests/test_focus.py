@@ -32,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED_PAIR = os.path.join(REPO, 'examples', 'lytro_golfer')
 SHARED_MFIFB = os.path.join(REPO, '..', 'shared', 'data', 'mfifb')
 
-PARAMS = focus.DoubleReblurParams()  # [5, 3, 3, 0.01, 1]
+PARAMS = focus.DoubleReblurParams(rule='threshold')  # The paper's [5, 3, 3, 0.01, 1].
 S_TOL = 1e-5  # |s - t| below this: the threshold decision is float-ambiguous.
 SIZE = 128
 
@@ -145,8 +145,8 @@ def assert_steps_match_reference(steps, r, params, min_iou=0.98):
   np.testing.assert_allclose(steps.d1, r.d1, rtol=0, atol=2e-6)
   np.testing.assert_allclose(steps.s, r.s, rtol=0, atol=2e-6)
 
-  # Threshold: equal except where s is float-ambiguous around t.
-  ambiguous = np.abs(r.s - params.t) <= S_TOL
+  # Threshold (or comparison): equal except where it is float-ambiguous.
+  ambiguous = np.abs(r.margin) <= S_TOL
   thr = steps.thresholded > 0.5
   np.testing.assert_array_equal(thr[~ambiguous], r.thresholded[~ambiguous])
   # Closing: equal outside the closing neighbourhood of the ambiguous pixels ...
@@ -189,10 +189,52 @@ def test_shared_pair_matches_reference(pair, crop):
   print(f'{pair} {crop} IoU {value:.4f}')
 
 
+COMPARE = focus.DoubleReblurParams(rule='compare')
+
+
+def test_compare_rule_matches_reference_on_real_pairs():
+  """The default two-input rule, step by step against the OpenCV/NumPy reference, on the bundled pair
+  and (where ../shared is present) on a whole shared pair."""
+  _check_pair(*_bundled_lumas(), COMPARE)
+  try:
+    y_a, y_b = _shared_lumas('lytro_04', None)
+  except pytest.skip.Exception:
+    return
+  _check_pair(y_a, y_b, COMPARE)
+
+
+def test_compare_rule_is_antisymmetric_and_contrast_invariant():
+  """Swapping the inputs swaps the answer (up to ties) and scaling both lumas' contrast changes
+  nothing: the rule has no absolute threshold. The paper's threshold rule fails the second check."""
+  mask = _wave_mask()
+  y_a, y_b = _synthetic_pair(mask)
+  no_regions = focus.DoubleReblurParams(f=0, rule='compare')
+  ab = np.asarray(_steps(jnp.asarray(y_a), jnp.asarray(y_b), no_regions).thresholded)
+  ba = np.asarray(_steps(jnp.asarray(y_b), jnp.asarray(y_a), no_regions).thresholded)
+  r = ref.double_reblur_steps(y_a, y_b, **ref.params_kwargs(no_regions))
+  tie = np.abs(r.margin) <= S_TOL
+  np.testing.assert_array_equal(ab[~tie], 1 - ba[~tie])
+  assert iou(ab, mask) > 0.9
+  for gain in (0.1, 0.3):  # A dim, low-contrast version of the same scene.
+    dim = [0.5 + gain * (y - 0.5) for y in (y_a, y_b)]
+    got = np.asarray(_steps(jnp.asarray(dim[0]), jnp.asarray(dim[1]), COMPARE).decision)
+    want = np.asarray(_steps(jnp.asarray(y_a), jnp.asarray(y_b), COMPARE).decision)
+    assert iou(got, want) > 0.99
+    paper = np.asarray(_steps(jnp.asarray(dim[0]), jnp.asarray(dim[1]), PARAMS).decision)
+    assert iou(paper, mask) < iou(got, mask) - 0.1
+
+
+def test_default_rule_is_compare():
+  assert focus.DoubleReblurParams().rule == 'compare'
+  with pytest.raises(ValueError, match='rule'):
+    focus.DoubleReblurParams(rule='otsu')
+
+
 @pytest.mark.parametrize('text', ['3,3,3,0.018,1', '5,5,3,0.01,0', '5,4,2,0.01,1'])
-def test_other_parameters_match_reference(text):
-  """The authors' other setting, f = 0 (no region step) and even closing sizes."""
-  params = focus.DoubleReblurParams.parse(text)
+@pytest.mark.parametrize('rule', focus.RULES)
+def test_other_parameters_match_reference(text, rule):
+  """The authors' other setting, f = 0 (no region step) and even closing sizes, with either rule."""
+  params = focus.DoubleReblurParams.parse(text, rule=rule)
   try:
     y_a, y_b = _bundled_lumas()
   except pytest.skip.Exception:
