@@ -59,15 +59,17 @@ def _close(r, ref):
   """vmap runs a different (batched) convolution program, so float32 rounding differs; Adam's
   normalised steps amplify it on near-zero gradients, and the gap grows with every main step (one
   16x24 scene here: 3e-8 in the loss at step 2, 1e-5 at step 4, 5.6e-4 in the image on an AVX-512
-  machine, 2e-5 on another). So: maps exact, losses tight for the first two steps, the image loose.
-  A real mix-up (another scene's data, statistics or key) changes the maps or the first losses."""
+  machine, 2e-5 on another; with the compare-rule maps the second main loss already differs by 1e-4
+  relative and the fourth by 8e-4: Adam's first updates are sign-like on near-zero gradients). So:
+  maps exact, the first loss of each stage tight, the later ones and the image loose. A real mix-up (another scene's data,
+  statistics or key) changes the maps or the first loss."""
   np.testing.assert_array_equal(r.decision_maps_raw, ref.decision_maps_raw)
   np.testing.assert_array_equal(r.decision_maps, ref.decision_maps)
   for k, v in ref.history['mask'].items():
     np.testing.assert_allclose(r.history['mask'][k], v, rtol=1e-5, atol=1e-7)
   for k, v in ref.history['main'].items():
-    np.testing.assert_allclose(r.history['main'][k][:2], v[:2], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(r.history['main'][k], v, rtol=3e-4, atol=1e-6)
+    np.testing.assert_allclose(r.history['main'][k][:1], v[:1], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(r.history['main'][k], v, rtol=3e-3, atol=1e-6)
   np.testing.assert_allclose(r.fused, ref.fused, atol=3e-3)
 
 
