@@ -47,6 +47,7 @@ def test_tiny_flagfile_writes_every_output_16bit(tmp_path):
   assert cv2.imread(str(out / 'fused_lr.png'), cv2.IMREAD_UNCHANGED).shape == (40, 48, 3)
   s = json.loads((out / 'summary.json').read_text())
   assert s['config']['scale'] == 2 and s['config']['iters'] == 3
+  assert s['config']['doublereblur']['rule'] == 'compare'  # The default two-input rule, recorded.
   assert [i['bit_depth'] for i in s['inputs']] == [16, 16]
   assert s['output']['bit_depth'] == 16
   assert set(s['final_loss']) == {'mask', 'main'}
@@ -119,3 +120,15 @@ def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
   assert len(err_lines) == 1 and match in err_lines[0], r.stderr[-2000:]
   assert 'Traceback' not in r.stderr
   assert os.listdir(out) == ['keep.txt']  # Nothing written, nothing lost.
+
+
+@pytest.mark.parametrize('rule', ['compare', 'threshold'])
+def test_doublereblur_rule_flag_reaches_the_config(rule):
+  code = ('import sys; from absl import flags; from experiments import cli; cli.define_flags(); '
+          'f = flags.FLAGS; f(sys.argv); p = cli.config_from_flags(f).doublereblur; '
+          'print(p.rule, p.as_list())')
+  r = subprocess.run([sys.executable, '-c', code, 'x', f'--doublereblur_rule={rule}',
+                      '--doublereblur=3,5,5,0.02,0'], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.split('\n')[0] == f'{rule} [3, 5, 5, 0.02, 0]'
