@@ -15,7 +15,7 @@ from dfp_jax.losses import LossWeights
 from dfp_jax.models import IMAGE_NET, MASK_NET, NetConfig
 
 SCALES = (1, 2, 4)
-INPUT_TYPES = ('mean', 'noise', 'fusion')
+INPUT_TYPES = ('mean', 'noise')
 OUTPUTS = ('ema', 'last')
 DTYPES = ('float32', 'bfloat16')
 STOPS = ('auto', 'fixed')

@@ -94,15 +94,12 @@ def validate_images(images, config: FusionConfig, names: Sequence[str] | None = 
 # Pure building blocks for one scene.
 
 
-def network_input(key, images: jnp.ndarray, config: FusionConfig, maps=None) -> jnp.ndarray:
-  """z for the image net, [sH, sW, C_z]: bicubic x s of the inputs' mean (or, with input_type
-  'fusion', of the fusion by the decision maps [N, H, W]), or U(0, noise_scale)."""
+def network_input(key, images: jnp.ndarray, config: FusionConfig) -> jnp.ndarray:
+  """z for the image net, [sH, sW, C_z]: bicubic x s of the inputs' mean, or U(0, noise_scale)."""
   n, h, w, c = images.shape
   s = config.scale
   if config.input_type == 'noise':
     return config.noise_scale * jax.random.uniform(key, (s * h, s * w, config.noise_channels))
-  if config.input_type == 'fusion':
-    return resample.bicubic_upsample(jnp.sum(maps[..., None] * images, axis=0), s)
   return resample.bicubic_upsample(jnp.mean(images, axis=0), s)
 
 
@@ -197,7 +194,7 @@ def init_main_state(key, images, maps, config: FusionConfig):
   k_z, k_init = jax.random.split(key)
   n, h, w, c = images.shape
   stage = main_stage(config, c)
-  z = network_input(k_z, images, config, maps)
+  z = network_input(k_z, images, config)
   params = stage.net.lazy_init(k_init, jax.ShapeDtypeStruct(z.shape, z.dtype))  # No forward pass.
   params = initial_output_bias(params, images, config)
   problem = {'z': z, 'images': images, 'maps': maps,
