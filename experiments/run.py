@@ -33,6 +33,14 @@ plenoptic.define_lightfield_flags()
 batch_job.define_batch_flags()
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a malformed or unknown flag reported like every other user error."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    cli.fail(f'{e} (see --helpshort)')
+
+
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected positional arguments: {" ".join(argv[1:])} (use --inputs=a.png,b.png)')
@@ -51,4 +59,4 @@ def main(argv):
 
 if __name__ == '__main__':
   jax.config.parse_flags_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -90,6 +90,8 @@ def files(tmp_path_factory):
     ('outdir', 'cannot write the output folder'),
     ('memory', 'huge.png: 4000x4000 at x4 needs about'),
     ('positional', 'unexpected positional arguments'),
+    ('enum', 'flag --doublereblur_rule=otsu: value should be one of <compare|threshold>'),
+    ('unknown', 'Unknown command line flag \'scael\''),
 ])
 def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
   out = tmp_path / 'out'
@@ -109,6 +111,8 @@ def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
       'memory': [f'--inputs={files["huge"]},{files["huge2"]}', '--scale=4',
                  '--channels=8,16,32,64,128', '--skip_channels=4,4,4,4,4', '--mask_skip_channels=0,0,0,4,4'],
       'positional': [f'--inputs={a},{b}', 'extra'],
+      'enum': [f'--inputs={a},{b}', '--doublereblur_rule=otsu'],
+      'unknown': [f'--inputs={a},{b}', '--scael=2'],
   }[case]
   if not any(x.startswith('--output_dir') for x in args):
     args.append(f'--output_dir={out}')
