@@ -129,7 +129,8 @@ def config_from_flags(f) -> FusionConfig:
              strided_conv=f.strided_conv)
   return FusionConfig(
       scale=f.scale, iters=f.iters, mask_iters=f.mask_iters, lr=f.lr, mask_lr=f.mask_lr,
-      input_type=f.input_type, output_bias=f.output_bias, doublereblur=DoubleReblurParams.parse(f.doublereblur, rule=f.doublereblur_rule),
+      input_type=f.input_type, output_bias=f.output_bias,
+      doublereblur=DoubleReblurParams.parse(f.doublereblur, rule=f.doublereblur_rule),
       image_net=NetConfig(channels, channels, skip, **net),
       mask_net=NetConfig(channels, channels, mask_skip, **net),
       weights=LossWeights(*weights), output=f.output_average, chunk_size=f.chunk_size,

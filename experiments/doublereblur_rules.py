@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+from absl import logging
 import cv2
 import numpy as np
 import jax.numpy as jnp
@@ -88,6 +89,7 @@ def main(argv):
     for folder in sorted(glob.glob(os.path.join(FLAGS.pairs, '*'))):
       files = sorted(glob.glob(os.path.join(folder, '*.*')))
       if len(files) != 2:
+        logging.warning('%s: skipped (%d image files; this script takes pairs)', folder, len(files))
         continue
       images, _ = image_io.load_inputs(files)
       images = np.stack(images)

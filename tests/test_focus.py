@@ -204,8 +204,8 @@ def test_compare_rule_matches_reference_on_real_pairs():
 
 
 def test_compare_rule_is_antisymmetric_and_contrast_invariant():
-  """Swapping the inputs swaps the answer (up to ties) and scaling both lumas' contrast changes
-  nothing: the rule has no absolute threshold. The paper's threshold rule fails the second check."""
+  """Swapping the inputs swaps the answer (up to ties); a common gain changes nothing and a lower
+  contrast almost nothing: the rule has no absolute threshold. The paper's rule fails the last check."""
   mask = _wave_mask()
   y_a, y_b = _synthetic_pair(mask)
   no_regions = focus.DoubleReblurParams(f=0, rule='compare')
@@ -215,6 +215,9 @@ def test_compare_rule_is_antisymmetric_and_contrast_invariant():
   tie = np.abs(r.margin) <= S_TOL
   np.testing.assert_array_equal(ab[~tie], 1 - ba[~tie])
   assert iou(ab, mask) > 0.9
+  dark = np.asarray(_steps(jnp.asarray(0.2 * y_a), jnp.asarray(0.2 * y_b), COMPARE).decision)
+  full = np.asarray(_steps(jnp.asarray(y_a), jnp.asarray(y_b), COMPARE).decision)
+  assert iou(dark, full) > 0.999  # A common gain: the same map up to float rounding.
   for gain in (0.1, 0.3):  # A dim, low-contrast version of the same scene.
     dim = [0.5 + gain * (y - 0.5) for y in (y_a, y_b)]
     got = np.asarray(_steps(jnp.asarray(dim[0]), jnp.asarray(dim[1]), COMPARE).decision)
@@ -222,6 +225,27 @@ def test_compare_rule_is_antisymmetric_and_contrast_invariant():
     assert iou(got, want) > 0.99
     paper = np.asarray(_steps(jnp.asarray(dim[0]), jnp.asarray(dim[1]), PARAMS).decision)
     assert iou(paper, mask) < iou(got, mask) - 0.1
+
+
+def test_compare_rule_ties_go_to_the_first_input():
+  """Equal inputs (every pixel a tie) and flat inputs (zero responses) give A everything, as the
+  N > 2 argmax gives ties to the lower index."""
+  y = _texture(3, (SIZE, SIZE)).astype(np.float32)
+  flat = np.full((SIZE, SIZE), 0.4, np.float32)
+  for a in (y, flat):
+    steps = _steps(jnp.asarray(a), jnp.asarray(a), focus.DoubleReblurParams(f=0, rule='compare'))
+    np.testing.assert_array_equal(np.asarray(steps.thresholded), 1.0)
+    np.testing.assert_array_equal(np.asarray(steps.decision), 1.0)
+
+
+def test_compare_rule_is_the_argmax_rule_for_two_inputs():
+  """Before the region steps, the two-input map is exactly the N > 2 rule's argmax == 0 (the same
+  measures, box means and tie rule), on the bundled pair."""
+  y_a, y_b = _bundled_lumas()
+  params = focus.DoubleReblurParams(f=0, rule='compare')
+  thresholded = np.asarray(_steps(jnp.asarray(y_a), jnp.asarray(y_b), params).thresholded)
+  measures = np.asarray(_focus_measures(jnp.stack([jnp.asarray(y_a), jnp.asarray(y_b)]), params))
+  np.testing.assert_array_equal(thresholded, (np.argmax(measures, axis=0) == 0).astype(np.float32))
 
 
 def test_default_rule_is_compare():
