@@ -65,7 +65,7 @@ def embedding_loss(maps_hat: jnp.ndarray, maps: jnp.ndarray, images: jnp.ndarray
   diff = abs_zero_subgradient(maps_hat - maps)
   # For two inputs |1 - m_hat - (1 - m)| repeats |m_hat - m|: count the map term once.
   map_term = jnp.mean(diff[0]) if n == 2 else jnp.mean(jnp.sum(diff, axis=0))
-  image_term = jnp.sum(jnp.mean(abs_zero_subgradient(maps_hat[..., None] * images - maps[..., None] * images),
-                                axis=(1, 2, 3)))
+  masked_diff = maps_hat[..., None] * images - maps[..., None] * images
+  image_term = jnp.sum(jnp.mean(abs_zero_subgradient(masked_diff), axis=(1, 2, 3)))
   total = map_term + image_term
   return total, {'total': total, 'map': map_term, 'masked_inputs': image_term}

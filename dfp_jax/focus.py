@@ -60,8 +60,8 @@ RULES = ('threshold', 'compare')
 
 @dataclasses.dataclass(frozen=True)
 class DoubleReblurParams:
-  """DoubleReblur parameters [k_g, k_d, k_e, t, f] of the paper, the two-input rule and the kernel-estimate
-  knobs."""
+  """DoubleReblur parameters [k_g, k_d, k_e, t, f] of the paper, the two-input rule and the
+  kernel-estimate knobs."""
   kg: int = 5  # Gaussian (second reblur) kernel size, odd.
   kd: int = 3  # Dilation square size of the closing.
   ke: int = 3  # Erosion square size of the closing.
@@ -70,7 +70,8 @@ class DoubleReblurParams:
   radius: int = 5  # Kernel support is (2 radius - 1)^2 (9 x 9 for the paper's r = 5).
   wiener_eps: float = 1e-2  # Regulariser of the spectral division, relative to mean |F_A|^2.
   lowpass_sigma: float = 0.25  # Sigma of the Gaussian low-pass window T, in cycles per pixel.
-  # Step 4 for N = 2: 'threshold' (s_A > t, the paper's) or 'compare' (box_kd(s_A) >= box_kd(s_B), ties to A).
+  # Step 4 for N = 2: 'threshold' (s_A > t, the paper's) or 'compare' (box_kd(s_A) >= box_kd(s_B),
+  # ties to A).
   rule: str = 'compare'
 
   def __post_init__(self):
@@ -206,14 +207,19 @@ def reblur_response(y: jnp.ndarray, kernel: jnp.ndarray, kg: int):
   return reblurred, d1, s
 
 
+def _response(y: jnp.ndarray, other: jnp.ndarray, params: DoubleReblurParams) -> jnp.ndarray:
+  """Second-reblur response s [H, W] of y, reblurred with the kernel that blurs y into `other`."""
+  kernel = relative_blur_kernel(y, other, params.radius, params.wiener_eps, params.lowpass_sigma)
+  return reblur_response(y, kernel, params.kg)[2]
+
+
 def double_reblur_steps(y_a: jnp.ndarray, y_b: jnp.ndarray,
                         params: DoubleReblurParams = DoubleReblurParams()) -> DoubleReblurSteps:
   """All six steps of DoubleReblur on two [H, W] lumas in [0, 1] (see the module docstring)."""
   kernel = relative_blur_kernel(y_a, y_b, params.radius, params.wiener_eps, params.lowpass_sigma)
   reblurred, d1, s = reblur_response(y_a, kernel, params.kg)
   if params.rule == 'compare':
-    kernel_b = relative_blur_kernel(y_b, y_a, params.radius, params.wiener_eps, params.lowpass_sigma)
-    _, _, s_b = reblur_response(y_b, kernel_b, params.kg)
+    s_b = _response(y_b, y_a, params)
     thresholded = filters.box_mean(s, params.kd) >= filters.box_mean(s_b, params.kd)  # Ties: A.
   else:
     thresholded = s > params.t
@@ -238,10 +244,7 @@ def focus_measures(lumas: jnp.ndarray, params: DoubleReblurParams = DoubleReblur
   total = jnp.sum(lumas, axis=0)
 
   def one(y):
-    others = (total - y) / (n - 1)
-    kernel = relative_blur_kernel(y, others, params.radius, params.wiener_eps, params.lowpass_sigma)
-    _, _, s = reblur_response(y, kernel, params.kg)
-    return filters.box_mean(s, params.kd)
+    return filters.box_mean(_response(y, (total - y) / (n - 1), params), params.kd)
 
   return jax.vmap(one)(lumas)
 
