@@ -69,6 +69,29 @@ def score(output, gt) -> dict:
   return {k: float(v) for k, v in m.items()}
 
 
+def print_table(rows) -> None:
+  header = '| case | method | PSNR (dB) | SSIM | PSNR_Y | SSIM_Y |'
+  lines = [header, '|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f"| {r['case']} | {r['method']} | {r['PSNR']:.2f} | {r['SSIM']:.4f} | "
+                 f"{r['PSNR_Y']:.2f} | {r['SSIM_Y']:.4f} |")
+  print('\n'.join(lines))
+  for case in sorted({r['case'] for r in rows}):
+    sub = {r['method']: r for r in rows if r['case'] == case}
+    others = [m for m in sub if m != 'dfp']
+    beats = all(sub['dfp']['PSNR'] > sub[m]['PSNR'] and sub['dfp']['SSIM'] > sub[m]['SSIM'] for m in others)
+    print(f'{case}: DFP beats {", ".join(others)} on PSNR and SSIM: {"yes" if beats else "NO"}')
+
+
+def write_json(config, crop, rows, complete: bool) -> None:
+  """Writes the rows so far (atomically); `complete` is False while cases are still to come."""
+  if FLAGS.json:
+    image_io.write_json(FLAGS.json, {'lightfield': os.path.abspath(FLAGS.lightfield), 'crop': crop,
+                                     'aperture': FLAGS.aperture, 'seed': FLAGS.seed, 'config': config.to_dict(),
+                                     'versions': cli.versions(), 'backend': jax.default_backend(),
+                                     'complete': complete, 'rows': rows})
+
+
 def main(argv):
   del argv
   cli.setup_runtime(FLAGS)
@@ -120,22 +143,11 @@ def main(argv):
           + [viz.to_uint8_rgb(outs[k]) for k in outs] + [viz.to_uint8_rgb(gt_s)],
           [f'slice d={d:+.2f}' for d in planes] + list(outs) + ['ground truth'])
       image_io.write_image(os.path.join(FLAGS.bench_dir, f'{case}_sheet.png'), sheet)
-  header = '| case | method | PSNR (dB) | SSIM | PSNR_Y | SSIM_Y |'
-  lines = [header, '|---|---|---|---|---|---|']
-  for r in rows:
-    lines.append(f"| {r['case']} | {r['method']} | {r['PSNR']:.2f} | {r['SSIM']:.4f} | "
-                 f"{r['PSNR_Y']:.2f} | {r['SSIM_Y']:.4f} |")
-  print('\n'.join(lines))
-  for case in sorted({r['case'] for r in rows}):
-    sub = {r['method']: r for r in rows if r['case'] == case}
-    others = [m for m in sub if m != 'dfp']
-    beats = all(sub['dfp']['PSNR'] > sub[m]['PSNR'] and sub['dfp']['SSIM'] > sub[m]['SSIM'] for m in others)
-    print(f'{case}: DFP beats {", ".join(others)} on PSNR and SSIM: {"yes" if beats else "NO"}')
-  if FLAGS.json:
-    image_io.write_json(FLAGS.json, {'lightfield': os.path.abspath(FLAGS.lightfield), 'crop': crop,
-                                     'aperture': FLAGS.aperture, 'config': config.to_dict(),
-                                     'versions': cli.versions(), 'backend': jax.default_backend(),
-                                     'rows': rows})
+      print_table([r for r in rows if r['case'] == case])  # Shown as each case ends.
+      write_json(config, crop, rows, complete=False)  # An interrupted run keeps its finished cases.
+  if len({r['case'] for r in rows}) > 1:
+    print_table(rows)
+  write_json(config, crop, rows, complete=True)
 
 
 if __name__ == '__main__':
