@@ -134,6 +134,36 @@ def test_three_user_planes_crop_downsample_and_scores(lf_folder, tmp_path):
   assert len(s['inputs']) == 3 and len(s['decision_map_fractions']['raw']) == 3
 
 
+def test_benchmark_gt_scores_every_method_and_writes_json(lf_folder, tmp_path):
+  """experiments/benchmark_gt.py on the synthetic light field (centre view = the all-in-focus answer)."""
+  out = tmp_path / 'gt.json'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  r = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'benchmark_gt.py'),
+                      f'--lightfield={lf_folder / "views"}', '--gt_crop=', '--scales=1,2', '--num_planes=2',
+                      '--disparities=-1,1', '--seed=7', f'--json={out}', f'--bench_dir={tmp_path / "bench"}']
+                     + TINY_FLAGS, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  d = json.loads(out.read_text())
+  assert d['complete'] is True and d['seed'] == 7 and d['crop'] is None
+  methods = {'dfp', 'decision_map+bicubic', 'average+bicubic', 'decision_map_threshold+bicubic',
+             'best_slice+bicubic'}
+  by_case = {}
+  for row in d['rows']:
+    by_case.setdefault(row['case'], {})[row['method']] = row
+  assert set(by_case) == {'N2_x1', 'N2_x2'} and all(set(v) == methods for v in by_case.values())
+  for case, s in (('N2_x1', 1), ('N2_x2', 2)):
+    rows = by_case[case]
+    assert rows['dfp']['lr_size'] == [SIZE // s, SIZE // s] and rows['dfp']['iters'] == 3
+    assert rows['dfp']['planes'] == [-1.0, 1.0]
+  # At x1 each slice has one half exactly in focus and the other blurred by the full aperture: the
+  # selection by the decision map must score far above the average (a sign error in the protocol, or
+  # scoring against the wrong view, breaks this).
+  x1 = by_case['N2_x1']
+  assert x1['decision_map+bicubic']['PSNR'] > x1['average+bicubic']['PSNR'] + 3
+  assert x1['decision_map+bicubic']['PSNR'] > x1['best_slice+bicubic']['PSNR'] + 3
+  assert '| N2_x2 | dfp |' in r.stdout and os.path.exists(tmp_path / 'bench' / 'N2_x1_sheet.png')
+
+
 @pytest.mark.parametrize('case, match', [
     ('missing', 'nope: light-field folder not found'),
     ('no_views', 'no light-field views found'),
