@@ -5,6 +5,7 @@ chosen automatically to cover the scene's depth, or given with --disparities) to
 with real synthetic-aperture defocus; downsample them by the scale (area averaging) to make the
 low-resolution inputs; fuse them; compare with the centre view (a pinhole rendering, all in focus).
 Methods, on the same inputs: DFP; the bicubic upsampling of the average of the inputs; the bicubic
+upsampling of the Laplacian-pyramid fusion (Burt & Adelson, max-abs detail, `baselines`); the bicubic
 upsampling of the fusion by the DoubleReblur maps alone (the maps DFP starts from, `--doublereblur_rule`);
 the same with the papers' threshold rule when DFP uses another (`decision_map_threshold+bicubic`, for
 reference); the best single slice (bicubic).
@@ -122,6 +123,8 @@ def main(argv):
           'decision_map+bicubic': np.asarray(baselines.upsample(
               baselines.decision_map_fusion(jnp.asarray(lr), raw), s)),
           'average+bicubic': np.asarray(baselines.upsample(baselines.average_fusion(jnp.asarray(lr)), s)),
+          'laplacian_pyramid+bicubic': np.asarray(baselines.upsample(
+              baselines.laplacian_pyramid_fusion(jnp.asarray(lr)), s)),
       }
       if n == 2 and cfg.doublereblur.rule != 'threshold':  # N > 2 always uses the argmax rule.
         paper = dataclasses.replace(cfg.doublereblur, rule='threshold')

@@ -145,8 +145,8 @@ def test_benchmark_gt_scores_every_method_and_writes_json(lf_folder, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   d = json.loads(out.read_text())
   assert d['complete'] is True and d['seed'] == 7 and d['crop'] is None
-  methods = {'dfp', 'decision_map+bicubic', 'average+bicubic', 'decision_map_threshold+bicubic',
-             'best_slice+bicubic'}
+  methods = {'dfp', 'decision_map+bicubic', 'average+bicubic', 'laplacian_pyramid+bicubic',
+             'decision_map_threshold+bicubic', 'best_slice+bicubic'}
   by_case = {}
   for row in d['rows']:
     by_case.setdefault(row['case'], {})[row['method']] = row
