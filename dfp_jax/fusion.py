@@ -50,13 +50,22 @@ def _dtype(config: FusionConfig):
   return jnp.bfloat16 if config.compute_dtype == 'bfloat16' else jnp.float32
 
 
+def input_size_needs(config: FusionConfig) -> list[tuple[int, str]]:
+  """What bounds the low-resolution side from below: (pixels, reason) pairs."""
+  d, dm, dr = len(config.image_net.channels_down), len(config.mask_net.channels_down), config.doublereblur
+  needs = [(int(np.ceil(2 ** d / config.scale)), f'the image net (depth {d}) needs 2^{d} pixels at x{config.scale}'),
+           (2 * dr.radius - 1, f'DoubleReblur\'s blur-kernel estimate spans {2 * dr.radius - 1} pixels'),
+           (max(dr.kg, dr.kd, dr.ke), f'--doublereblur kernels kg,kd,ke = {dr.kg},{dr.kd},{dr.ke}')]
+  if config.mask_iters > 0:
+    needs.append((2 ** dm, f'the decision-embedding net (depth {dm}) needs 2^{dm} pixels at the input '
+                           'size (--mask_iters=0 turns it off)'))
+  return needs
+
+
 def min_input_size(config: FusionConfig) -> int:
   """Smallest low-resolution side accepted: the mask net works at the input size, the image net at
   s times it, and both need 2^D; DoubleReblur needs its kernel support."""
-  sizes = [2 ** len(config.image_net.channels_down) / config.scale, 2 * config.doublereblur.radius - 1]
-  if config.mask_iters > 0:
-    sizes.append(2 ** len(config.mask_net.channels_down))
-  return int(np.ceil(max(sizes)))
+  return max(n for n, _ in input_size_needs(config))
 
 
 def validate_images(images, config: FusionConfig, names: Sequence[str] | None = None) -> jnp.ndarray:
@@ -85,8 +94,9 @@ def validate_images(images, config: FusionConfig, names: Sequence[str] | None = 
                        'the same colour mode (the CLI does this with a warning)')
   m = min_input_size(config)
   if ref[0] < m or ref[1] < m:
-    raise InputError(f'{names[0]}: {ref[0]}x{ref[1]} is too small for the network depth at x{config.scale}: '
-                     f'each side must be at least {m} pixels')
+    why = '; '.join(r for n, r in input_size_needs(config) if n > min(ref[:2]))
+    raise InputError(f'{names[0]}: {ref[0]}x{ref[1]} is too small: each side must be at least {m} pixels '
+                     f'({why})')
   return jnp.asarray(np.stack(images).astype(np.float32))
 
 

@@ -1,12 +1,16 @@
 """Image and file I/O with OpenCV: the only library module that touches the disk.
 
-* Reading: PNG, JPEG, BMP, TIFF (anything `cv2.imread` decodes), 8- or 16-bit, grey or colour; the
-  alpha channel, if any, is dropped with a warning. BGR -> RGB happens here and nowhere else. Values
-  become float32 in [0, 1]; the bit depth is remembered so that 16-bit inputs give 16-bit outputs.
+* Reading: PNG, JPEG, BMP, TIFF (anything `cv2.imread` decodes), 8- or 16-bit (or float TIFF in
+  [0, 1]), grey or colour; the alpha channel, if any, is dropped with a warning. An EXIF orientation
+  tag (JPEG, TIFF) is applied, so images come out the way viewers show them. BGR -> RGB happens here
+  and nowhere else. Values become float32 in [0, 1]; the bit depth is remembered so that 16-bit (and
+  float) inputs give 16-bit outputs.
 * Writing: PNG (or any format OpenCV writes) at 8 or 16 bits, grey stays grey, always written to a
   temporary name in the same folder and renamed, so no file is ever left half-written.
 * `StagingDir`: a run writes all its outputs into a temporary sibling folder that replaces the output
-  folder only when everything succeeded; an existing output folder is never overwritten halfway.
+  folder only when everything succeeded; an existing output folder is never overwritten halfway, and
+  only an empty folder or a previous result of this tool (its summary.json lists every entry) is
+  ever replaced: a folder holding anything else, the working folder or an input is refused.
 
 Every problem raises `InputError` with the file's path in the message.
 """
@@ -43,6 +47,47 @@ class ImageInfo:
     return dataclasses.asdict(self)
 
 
+def exif_orientation(data: bytes) -> int:
+  """The EXIF orientation tag (1-8) of a JPEG or TIFF file's bytes; 1 when there is none."""
+  def ifd0_orientation(tiff: bytes) -> int:
+    if tiff[:4] not in (b'II*\x00', b'MM\x00*'):
+      return 1
+    end = '<' if tiff[:2] == b'II' else '>'
+    (offset,) = np.frombuffer(tiff[4:8], end + 'u4')
+    if offset + 2 > len(tiff):
+      return 1
+    (count,) = np.frombuffer(tiff[offset:offset + 2], end + 'u2')
+    for i in range(int(count)):
+      e = offset + 2 + 12 * i
+      if e + 12 > len(tiff):
+        break
+      tag, typ = np.frombuffer(tiff[e:e + 4], end + 'u2')
+      if tag == 0x0112 and typ == 3:  # Orientation, SHORT.
+        (value,) = np.frombuffer(tiff[e + 8:e + 10], end + 'u2')
+        return int(value) if 1 <= value <= 8 else 1
+    return 1
+
+  if data[:2] == b'\xff\xd8':  # JPEG: look for the APP1 'Exif' segment before the image data.
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+      marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], 'big')
+      if marker == 0xE1 and data[i + 4:i + 10] == b'Exif\x00\x00':
+        return ifd0_orientation(data[i + 10:i + 2 + length])
+      if marker in (0xDA, 0xD9):  # Start of scan / end of image: no EXIF before the pixels.
+        break
+      i += 2 + length
+    return 1
+  return ifd0_orientation(data[:1 << 20])
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+  """Turns an image [H, W, ...] stored with EXIF `orientation` into the upright view (as viewers do)."""
+  ops = {1: lambda x: x, 2: lambda x: x[:, ::-1], 3: lambda x: x[::-1, ::-1], 4: lambda x: x[::-1],
+         5: lambda x: np.swapaxes(x, 0, 1), 6: lambda x: np.swapaxes(x[::-1], 0, 1),
+         7: lambda x: np.swapaxes(x[::-1, ::-1], 0, 1), 8: lambda x: np.swapaxes(x, 0, 1)[::-1]}
+  return np.ascontiguousarray(ops[orientation](image))
+
+
 def read_image(path: str) -> tuple[np.ndarray, ImageInfo]:
   """Reads an image file as float32 [H, W, C] in [0, 1] (C = 1 or 3, RGB order)."""
   path = os.fspath(path)
@@ -60,6 +105,10 @@ def read_image(path: str) -> tuple[np.ndarray, ImageInfo]:
     raise InputError(f'{path}: not an image OpenCV can decode (PNG, JPEG, BMP, TIFF, ...)')
   if im.ndim == 2:
     im = im[..., None]
+  orientation = exif_orientation(data.tobytes())
+  if orientation != 1:
+    logging.info('%s: applying its EXIF orientation %d', path, orientation)
+    im = apply_orientation(im, orientation)
   had_alpha = False
   if im.shape[2] == 4:
     logging.warning('%s: dropping the alpha channel', path)
@@ -94,6 +143,12 @@ def load_inputs(paths: Sequence[str]) -> tuple[list[np.ndarray], list[ImageInfo]
   """
   if len(paths) < 2:
     raise InputError(f'need at least 2 input images, got {len(paths)}: {", ".join(paths) or "none"}')
+  seen = {}
+  for p in paths:
+    key = os.path.realpath(os.fspath(p)) if os.path.exists(p) else os.fspath(p)
+    if key in seen:
+      raise InputError(f'{p}: given twice (also as {seen[key]}); each input must be a different photo')
+    seen[key] = p
   images, infos = [], []
   for p in paths:
     im, info = read_image(p)
@@ -110,7 +165,17 @@ def load_inputs(paths: Sequence[str]) -> tuple[list[np.ndarray], list[ImageInfo]
         logging.warning('%s is grey but other inputs are colour: converting it to colour (R=G=B)',
                         info.path)
         images[i] = np.repeat(images[i], 3, axis=2)
+  for j in range(1, len(images)):
+    for i in range(j):
+      if images[i].shape == images[j].shape and np.array_equal(images[i], images[j]):
+        logging.warning('%s and %s have identical pixels: nothing to fuse between them',
+                        infos[i].path, infos[j].path)
   return images, infos
+
+
+def auto_bit_depth(infos: Sequence[ImageInfo]) -> int:
+  """Output bit depth for `--output_bit_depth=auto`: 16 if any input has more than 8 bits, else 8."""
+  return 16 if any(i.bit_depth > 8 for i in infos) else 8
 
 
 def to_integer_image(image: np.ndarray, bit_depth: int = 8) -> np.ndarray:
@@ -183,21 +248,85 @@ def _umask() -> int:
   return mask
 
 
+def _file_in_path(folder: str) -> str | None:
+  """The first existing ancestor of `folder` (itself included) when that is not a folder, else None."""
+  p = os.path.abspath(folder)
+  while not os.path.exists(p):
+    up = os.path.dirname(p)
+    if up == p:
+      return None
+    p = up
+  return None if os.path.isdir(p) else p
+
+
+def is_inside(path: str, folder: str) -> bool:
+  """Whether `path` is `folder` or lies inside it (symbolic links resolved)."""
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_replaceable(output_dir: str, protect: Sequence[str] = ()) -> None:
+  """Raises InputError unless replacing `output_dir` by a new result would lose nothing of the user's.
+
+  Replaceable: a folder that does not exist yet, an empty one, or a previous result of this tool,
+  i.e. one whose summary.json (written by dfp_jax) lists every entry of the folder. Never: the working
+  folder or a folder that holds it, or one that holds any of `protect` (the inputs).
+  """
+  shown = os.fspath(output_dir)
+  if is_inside(os.getcwd(), output_dir):
+    raise InputError(f'{shown}: is the working folder or holds it; refusing to replace it with the results '
+                     '(choose a new --output_dir, e.g. outputs/run)')
+  for p in protect:
+    if is_inside(p, output_dir):
+      raise InputError(f'{shown}: holds the input {p}; refusing to replace it with the results (choose '
+                       'another --output_dir)')
+  if not os.path.isdir(output_dir):
+    return
+  entries = sorted(os.listdir(output_dir))
+  if not entries:
+    return
+  try:
+    with open(os.path.join(output_dir, 'summary.json'), encoding='utf-8') as f:
+      summary = json.load(f)
+    files = summary['output']['files']
+    if 'dfp_jax_version' not in summary and 'dfp_jax' not in summary.get('versions', {}):
+      raise KeyError('dfp_jax_version')
+  except (OSError, ValueError, KeyError, TypeError):
+    raise InputError(f'{shown}: exists and is not a previous dfp_jax result (no summary.json of ours); '
+                     f'refusing to replace it, which would delete its {len(entries)} entries (e.g. '
+                     f'{entries[0]}): choose another --output_dir or move that folder away') from None
+  ours = {os.path.normpath(x).split(os.sep)[0] for x in files} | {'summary.json'}
+  extra = [e for e in entries if e not in ours]
+  if extra:
+    more = f' and {len(extra) - 3} more' if len(extra) > 3 else ''
+    raise InputError(f'{shown}: a previous dfp_jax result, but it also holds {", ".join(extra[:3])}{more}, '
+                     'which this tool did not write; refusing to replace it (move those away or choose '
+                     'another --output_dir)')
+
+
 class StagingDir:
   """Writes a run's outputs into a temporary sibling folder, moved into place on success.
 
   Usage:
-    with StagingDir(output_dir) as tmp:
+    with StagingDir(output_dir, protect=input_paths) as tmp:
       ... write files under tmp ...
     # Now output_dir holds exactly the new files; if an exception escaped, output_dir is unchanged
     # and the temporary folder is removed.
+
+  An existing `output_dir` must be replaceable (`check_replaceable`): checked when the object is made,
+  before any work, so a refused folder costs nothing.
   """
 
-  def __init__(self, output_dir: str):
+  def __init__(self, output_dir: str, protect: Sequence[str] = ()):
+    """`protect`: paths (the inputs) that must not lie inside `output_dir`."""
     self.output_dir = os.path.abspath(os.fspath(output_dir))
     parent = os.path.dirname(self.output_dir)
     if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
       raise InputError(f'{output_dir}: exists and is not a folder')
+    blocker = _file_in_path(parent)
+    if blocker:
+      raise InputError(f'{output_dir}: cannot create the output folder: {blocker} is a file, not a folder')
+    check_replaceable(output_dir, protect)
     try:
       os.makedirs(parent, exist_ok=True)
       self.path = tempfile.mkdtemp(prefix='.' + os.path.basename(self.output_dir) + '.tmp-', dir=parent)

@@ -209,6 +209,9 @@ def run_batch(f) -> int:
   all_scenes = discover_scenes(f.input_dir)
   mine = [s for k, s in enumerate(all_scenes) if k % world == rank]
   cfg_sha = config_digest(config, seed=f.seed, output_bit_depth=f.output_bit_depth)
+  if image_io.is_inside(f.input_dir, output_dir):
+    raise errors.InputError(f'--output_dir={f.output_dir} holds --input_dir={f.input_dir}: the scenes\' result '
+                            'folders would replace the input scene folders; choose another --output_dir')
   try:
     os.makedirs(output_dir, exist_ok=True)
   except OSError as e:
@@ -262,11 +265,11 @@ def run_batch(f) -> int:
       entry = _entry('failed', error=result.message, inputs=inputs_sha)
       logging.error('[batch] %s failed: %s', name, result.message)
     else:
-      bit_depth = int(f.output_bit_depth) if f.output_bit_depth != 'auto' else (
-          16 if any(i.bit_depth == 16 for i in infos) else 8)
+      bit_depth = (int(f.output_bit_depth) if f.output_bit_depth != 'auto'
+                   else image_io.auto_bit_depth(infos))
       scene_dir = os.path.join(output_dir, name)
       try:
-        with image_io.StagingDir(scene_dir) as tmp:
+        with image_io.StagingDir(scene_dir, protect=[i.path for i in infos]) as tmp:
           summary = cli.write_scene_outputs(tmp, result, images, infos, config, bit_depth,
                                             extra={'seed': f.seed, 'scene': name})
           files = {os.path.join(name, rel): sha256_file(os.path.join(tmp, rel))

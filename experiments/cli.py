@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import sys
 
 from absl import flags
@@ -43,7 +44,7 @@ def define_flags():
   flags.DEFINE_string('output_dir', 'outputs/run', 'Folder for the results (replaced only when the '
                       'run succeeds).')
   flags.DEFINE_enum('output_bit_depth', 'auto', ['auto', '8', '16'], 'Bit depth of fused.png and '
-                    'fused_lr.png; auto = 16 if any input is 16-bit, else 8.')
+                    'fused_lr.png; auto = 16 if any input has more than 8 bits (16-bit or float), else 8.')
   # Method (DFP_METHOD.md).
   flags.DEFINE_integer('scale', 2, 'Super-resolution factor: 1 (plain fusion), 2 or 4.')
   flags.DEFINE_integer('iters', 1000, 'Main-stage (fusion prior) steps K.')
@@ -91,7 +92,7 @@ def define_flags():
                     'steps dispatched from Python, or auto (python on CPU, scan on accelerators).')
   flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16'], 'Convolution compute dtype.')
   flags.DEFINE_enum('cpu_conv', 'eigen', ['eigen', 'ynnpack'], 'Convolution kernels on XLA:CPU: eigen '
-                    '(XLA\'s own; 1.2-1.4x faster steps for this network) or ynnpack (XLA\'s default '
+                    '(XLA\'s own; 1.25-1.45x faster steps for this network) or ynnpack (XLA\'s default '
                     'in jax 0.10). Ignored on GPU/TPU.')
   flags.DEFINE_bool('check_memory', True, 'Refuse inputs whose estimated memory exceeds what is free.')
   flags.DEFINE_bool('compilation_cache', True, 'Use JAX\'s persistent compilation cache, so later runs '
@@ -140,6 +141,8 @@ def config_from_flags(f) -> FusionConfig:
 
 def setup_runtime(f):
   """Process-wide JAX settings: only the entry point does this."""
+  # OpenCV's own warnings (e.g. libpng on a truncated file) would add lines to our one-line errors.
+  cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
   if f.compilation_cache:
     try:
       os.makedirs(f.compilation_cache_dir, exist_ok=True)
@@ -201,7 +204,7 @@ def write_scene_outputs(folder: str, result: fusion.FusionResult, images, infos,
   summary = {
       'dfp_jax_version': dfp_jax.__version__,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'command': ' '.join(sys.argv),
+      'command': shlex.join(sys.argv),
       'config': config.to_dict(),
       'inputs': [i.to_dict() for i in infos],
       'output': {'height': int(result.fused.shape[0]), 'width': int(result.fused.shape[1]),
@@ -235,12 +238,11 @@ def run_single(f) -> int:
   mem = fusion.estimate_memory(h, w, len(images), c, config)
   if f.check_memory:
     mem = fusion.check_memory(h, w, len(images), c, config, name=infos[0].path)
-  bit_depth = int(f.output_bit_depth) if f.output_bit_depth != 'auto' else (
-      16 if any(i.bit_depth == 16 for i in infos) else 8)
+  bit_depth = int(f.output_bit_depth) if f.output_bit_depth != 'auto' else image_io.auto_bit_depth(infos)
   logging.info('DFP: %d inputs of %dx%dx%d, x%d -> %dx%d; backend %s; estimated peak memory %.0f MiB',
                len(images), h, w, c, config.scale, config.scale * h, config.scale * w,
                jax.default_backend(), mem['peak'] / 2 ** 20)
-  with image_io.StagingDir(f.output_dir) as tmp:
+  with image_io.StagingDir(f.output_dir, protect=[i.path for i in infos]) as tmp:
     result = fusion.fuse(images, config=config, key=jax.random.key(f.seed), names=[i.path for i in infos])
     write_scene_outputs(tmp, result, images, infos, config, bit_depth,
                         extra={'seed': f.seed, 'memory_estimate_bytes': mem})

@@ -129,7 +129,7 @@ def _parse_sweep(values):
 def _bit_depth(f, view_depth: int) -> int:
   if f.output_bit_depth != 'auto':
     return int(f.output_bit_depth)
-  return 16 if view_depth == 16 else 8
+  return 16 if view_depth > 8 else 8
 
 
 def _json_number(x: float):
@@ -286,7 +286,7 @@ def run_lightfield(f) -> int:
                n, h, w, c, config.scale, config.scale * h, config.scale * w, jax.default_backend(),
                mem['peak'] / 2 ** 20)
 
-  with image_io.StagingDir(f.output_dir) as tmp:
+  with image_io.StagingDir(f.output_dir, protect=[f.lightfield]) as tmp:
     result = fusion.fuse(list(stack), config=config, key=jax.random.key(f.seed), names=names)
     s = config.scale
     out_h, out_w = result.fused.shape[:2]

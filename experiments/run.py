@@ -8,13 +8,16 @@
 Kept short on purpose: it parses flags, converts them once into a `dfp_jax.FusionConfig`, calls the
 library, and writes the outputs (see README.md for the list). Every user error is one line on stderr
 naming the file or flag and the problem, with exit status 2; nothing is written to --output_dir until
-the run has succeeded (outputs are staged in a temporary sibling folder, then moved into place).
+the run has succeeded (outputs are staged in a temporary sibling folder, then moved into place), an
+existing --output_dir is replaced only if it is empty or a previous result of this tool, and Ctrl-C or
+SIGTERM ends the run with one line, leaving --output_dir as it was.
 Paths in a flagfile are relative to the working directory, as absl reads them.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,9 +44,20 @@ def parse_flags(argv):
     cli.fail(f'{e} (see --helpshort)')
 
 
+class Terminated(BaseException):
+  """SIGTERM, raised in the main thread so that staging folders are cleaned up as for Ctrl-C (a
+  BaseException, as KeyboardInterrupt, so that no `except Exception` on the way swallows it)."""
+
+
+def _raise_terminated(signum, frame):
+  del signum, frame
+  raise Terminated()
+
+
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected positional arguments: {" ".join(argv[1:])} (use --inputs=a.png,b.png)')
+  signal.signal(signal.SIGTERM, _raise_terminated)
   try:
     if FLAGS.input_dir:
       batch_job.setup_devices(FLAGS)
@@ -55,6 +69,12 @@ def main(argv):
     return cli.run_single(FLAGS)
   except cli.USER_ERRORS as e:
     cli.fail(str(e))
+  except (KeyboardInterrupt, Terminated) as e:
+    what, code = ('interrupted', 130) if isinstance(e, KeyboardInterrupt) else ('terminated (SIGTERM)', 143)
+    if FLAGS.input_dir:
+      cli.fail(f'{what}: finished scenes are kept in {FLAGS.output_dir}; the same command resumes the rest',
+               code)
+    cli.fail(f'{what}: nothing was written; {FLAGS.output_dir} is as it was before this run', code)
 
 
 if __name__ == '__main__':

@@ -269,6 +269,17 @@ def test_batch_job_manifest_failure_kill_and_resume(tmp_path):
   assert m2['scene1']['status'] == 'done' and m2['scene0']['seconds'] == done_seconds
 
 
+def test_batch_output_dir_holding_the_dataset_is_refused(tmp_path):
+  data = _dataset(tmp_path / 'data', bad=False)
+  before = sorted(os.listdir(data))
+  for out in (data, tmp_path):  # The dataset itself, or a folder holding it.
+    r = _run([f'--input_dir={data}', f'--output_dir={out}'] + TINY_FLAGS)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = [l for l in r.stderr.splitlines() if l.startswith('error: ')]
+    assert len(err) == 1 and 'holds --input_dir' in err[0] and 'Traceback' not in r.stderr
+  assert sorted(os.listdir(data)) == before and not os.path.exists(data / 'manifest.json')
+
+
 def test_two_processes_share_the_scene_list(tmp_path):
   data = _dataset(tmp_path / 'data', bad=False)
   out = tmp_path / 'out'

@@ -87,7 +87,10 @@ def files(tmp_path_factory):
     ('small', 'tiny.png: 8x8 is too small'),
     ('scale', '--scale must be 1, 2 or 4'),
     ('doublereblur', '--doublereblur needs 5 comma-separated values'),
-    ('outdir', 'cannot write the output folder'),
+    ('outdir', 'notes.png is a file, not a folder'),
+    ('outdir_foreign', 'exists and is not a previous dfp_jax result'),
+    ('twice', 'given twice'),
+    ('dr_kernel', 'at least 99 pixels (--doublereblur kernels kg,kd,ke = 5,99,3)'),
     ('memory', 'huge.png: 4000x4000 at x4 needs about'),
     ('positional', 'unexpected positional arguments'),
     ('enum', 'flag --doublereblur_rule=otsu: value should be one of <compare|threshold>'),
@@ -108,6 +111,9 @@ def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
       'scale': [f'--inputs={a},{b}', '--scale=3'],
       'doublereblur': [f'--inputs={a},{b}', '--doublereblur=5,3,3'],
       'outdir': [f'--inputs={a},{b}', f'--output_dir={files["text"]}/sub'],
+      'outdir_foreign': [f'--inputs={a},{b}'],
+      'dr_kernel': [f'--inputs={a},{b}', '--doublereblur=5,99,3,0.01,1'],  # `out` holds keep.txt, which this tool did not write.
+      'twice': [f'--inputs={a},{b},{files["dir"]}/../{os.path.basename(files["dir"])}/a.png'],
       'memory': [f'--inputs={files["huge"]},{files["huge2"]}', '--scale=4',
                  '--channels=8,16,32,64,128', '--skip_channels=4,4,4,4,4', '--mask_skip_channels=0,0,0,4,4'],
       'positional': [f'--inputs={a},{b}', 'extra'],
@@ -136,3 +142,52 @@ def test_doublereblur_rule_flag_reaches_the_config(rule):
                      timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.split('\n')[0] == f'{rule} [3, 5, 5, 0.02, 0]'
+
+
+@pytest.mark.parametrize('case, match', [
+    ('cwd', 'is the working folder or holds it'),
+    ('holds_input', 'holds the input'),
+])
+def test_output_dir_that_would_lose_files_is_refused(files, tmp_path, case, match):
+  """--output_dir=. (run from a folder of photos) or a folder holding the inputs: refused, nothing lost."""
+  work = tmp_path / 'photos'
+  work.mkdir()
+  a = _write(work / 'a.png', cv2.imread(files['a']))
+  b = _write(work / 'b.png', cv2.imread(files['b']))
+  (work / 'notes.txt').write_text('mine')
+  args = {'cwd': ['--inputs=a.png,b.png', '--output_dir=.'],
+          'holds_input': [f'--inputs={a},{b}', f'--output_dir={work}']}[case]
+  r = _run(args + TINY_FLAGS, cwd=str(work if case == 'cwd' else tmp_path))
+  assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+  err_lines = [l for l in r.stderr.splitlines() if l.startswith('error: ')]
+  assert len(err_lines) == 1 and match in err_lines[0], r.stderr[-2000:]
+  assert sorted(os.listdir(work)) == ['a.png', 'b.png', 'notes.txt']
+  assert sorted(os.listdir(tmp_path)) == ['photos']  # No staging folder left beside it.
+
+
+@pytest.mark.parametrize('sig, code, word', [('SIGINT', 130, 'interrupted'), ('SIGTERM', 143, 'terminated')])
+def test_interrupt_gives_one_line_and_leaves_the_output_dir(files, tmp_path, sig, code, word):
+  import signal  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'out'
+  args = [f'--inputs={files["a"]},{files["b"]}', f'--output_dir={out}', '--stop=fixed'] + TINY_FLAGS
+  args += ['--iters=100000', '--chunk_size=5']  # Long enough to be interrupted in the main loop.
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  # The child gets the default SIGINT disposition: a test runner's worker may ignore SIGINT, and an
+  # ignored SIGINT is inherited (as for background jobs of a shell).
+  p = subprocess.Popen([sys.executable, RUN] + args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  lines = []
+  for line in p.stderr:  # Wait until the optimisation runs (it logs progress), then interrupt.
+    lines.append(line)
+    if '[main] compiled' in line:
+      break
+  p.send_signal(getattr(signal, sig))
+  try:
+    _, rest = p.communicate(timeout=120)
+  finally:
+    p.kill()
+  err = ''.join(lines) + rest
+  assert p.returncode == code, err[-2000:]
+  err_lines = [l for l in err.splitlines() if l.startswith('error: ')]
+  assert len(err_lines) == 1 and word in err_lines[0] and 'Traceback' not in err, err[-2000:]
+  assert sorted(os.listdir(tmp_path)) == []  # No output folder, no staging folder left behind.

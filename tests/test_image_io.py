@@ -86,15 +86,23 @@ def test_load_inputs_checks_sizes_and_converts_grey(tmp_path):
     image_io.load_inputs([str(tmp_path / 'a.png')])
 
 
+def _previous_result(folder, names):
+  """A folder as a previous run of this tool leaves it: the files and a summary.json listing them."""
+  folder.mkdir()
+  for n in names:
+    (folder / n).write_text('old')
+  image_io.write_json(str(folder / 'summary.json'),
+                      {'dfp_jax_version': '0', 'output': {'files': list(names) + ['summary.json']}})
+
+
 def test_staging_dir_replaces_only_on_success(tmp_path):
   out = tmp_path / 'out'
-  out.mkdir()
-  (out / 'old.txt').write_text('old')
+  _previous_result(out, ['old.txt'])
   with pytest.raises(RuntimeError):
     with image_io.StagingDir(str(out)) as tmp:
       image_io.write_json(os.path.join(tmp, 'summary.json'), {'a': 1})
       raise RuntimeError('interrupted')
-  assert sorted(os.listdir(out)) == ['old.txt']
+  assert sorted(os.listdir(out)) == ['old.txt', 'summary.json']
   assert sorted(os.listdir(tmp_path)) == ['out']  # No temporary folder left behind.
   with image_io.StagingDir(str(out)) as tmp:
     image_io.write_image(os.path.join(tmp, 'x.png'), _rgb())
@@ -103,8 +111,108 @@ def test_staging_dir_replaces_only_on_success(tmp_path):
   assert os.stat(out / 'x.png').st_mode & 0o044  # Readable by others (not mkstemp's 0600).
 
 
+def test_staging_dir_replaces_empty_and_new_folders(tmp_path):
+  (tmp_path / 'empty').mkdir()
+  for name in ('empty', 'new'):
+    with image_io.StagingDir(str(tmp_path / name)) as tmp:
+      image_io.write_json(os.path.join(tmp, 'summary.json'), {'a': 1})
+    assert os.listdir(tmp_path / name) == ['summary.json']
+
+
+def test_staging_dir_refuses_folders_it_would_lose_files_of(tmp_path, monkeypatch):
+  foreign = tmp_path / 'photos'
+  foreign.mkdir()
+  (foreign / 'a.jpg').write_text('mine')
+  with pytest.raises(InputError, match=r'photos: exists and is not a previous dfp_jax result .* a.jpg'):
+    image_io.StagingDir(str(foreign))
+  # A previous result that the user added a file to: refused, naming the file.
+  res = tmp_path / 'res'
+  _previous_result(res, ['fused.png'])
+  (res / 'notes.txt').write_text('mine')
+  with pytest.raises(InputError, match='also holds notes.txt, which this tool did not write'):
+    image_io.StagingDir(str(res))
+  # A summary.json that is not ours does not make a folder replaceable.
+  other = tmp_path / 'other'
+  other.mkdir()
+  (other / 'summary.json').write_text('{"output": {"files": ["summary.json"]}}')
+  with pytest.raises(InputError, match='not a previous dfp_jax result'):
+    image_io.StagingDir(str(other))
+  # A previous result holding an input, or the working folder: refused even though it is ours.
+  ours = tmp_path / 'ours'
+  _previous_result(ours, ['in.png'])
+  with pytest.raises(InputError, match='holds the input'):
+    image_io.StagingDir(str(ours), protect=[str(ours / 'in.png')])
+  monkeypatch.chdir(ours)
+  with pytest.raises(InputError, match='is the working folder or holds it'):
+    image_io.StagingDir('.')
+  with pytest.raises(InputError, match='is the working folder or holds it'):
+    image_io.StagingDir(str(tmp_path))
+  with image_io.StagingDir(str(tmp_path / 'sibling'), protect=[str(ours / 'in.png')]):
+    pass  # Unrelated to the input and the working folder: fine.
+  for folder, names in ((foreign, ['a.jpg']), (res, ['fused.png', 'notes.txt', 'summary.json']),
+                        (ours, ['in.png', 'summary.json'])):
+    assert sorted(os.listdir(folder)) == names  # Nothing was touched.
+
+
 def test_staging_dir_unwritable_parent(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('x')
-  with pytest.raises(InputError, match='cannot write the output folder'):
+  with pytest.raises(InputError, match='file is a file, not a folder'):
     image_io.StagingDir(str(blocker / 'out'))
+
+
+def _jpeg_with_orientation(image_bgr, orientation, big_endian=False):
+  """A JPEG (OpenCV-encoded) with an APP1 Exif segment holding only IFD0's Orientation tag."""
+  ok, buf = cv2.imencode('.jpg', image_bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+  assert ok
+  e = '>' if big_endian else '<'
+  tiff = (b'MM\x00*' if big_endian else b'II*\x00') + np.array([8], e + 'u4').tobytes()
+  tiff += np.array([1], e + 'u2').tobytes()  # One IFD entry:
+  tiff += np.array([0x0112, 3], e + 'u2').tobytes() + np.array([1], e + 'u4').tobytes()
+  tiff += np.array([orientation, 0], e + 'u2').tobytes() + np.array([0], e + 'u4').tobytes()
+  app1 = b'Exif\x00\x00' + tiff
+  seg = b'\xff\xe1' + (len(app1) + 2).to_bytes(2, 'big') + app1
+  data = buf.tobytes()
+  return data[:2] + seg + data[2:]
+
+
+@pytest.mark.parametrize('orientation', range(1, 9))
+def test_exif_orientation_is_applied_as_opencv_does(tmp_path, orientation):
+  rng = np.random.default_rng(orientation)
+  im = cv2.GaussianBlur(rng.integers(0, 256, (24, 40, 3)).astype(np.uint8), (5, 5), 1.0)
+  im[:4, :8] = (0, 0, 255)  # A red corner, so every flip and turn is visible.
+  path = tmp_path / 'o.jpg'
+  path.write_bytes(_jpeg_with_orientation(im, orientation, big_endian=orientation % 2 == 0))
+  assert image_io.exif_orientation(path.read_bytes()) == orientation
+  got, info = image_io.read_image(str(path))
+  ref = cv2.imread(str(path), cv2.IMREAD_COLOR)  # OpenCV applies the EXIF orientation here.
+  assert got.shape == ref.shape and (info.height, info.width) == ref.shape[:2]
+  np.testing.assert_array_equal(np.round(got * 255).astype(np.uint8), ref[..., ::-1])
+  if orientation >= 5:
+    assert got.shape[:2] == (40, 24)  # Turned a quarter.
+
+
+def test_exif_orientation_absent_or_malformed_is_1():
+  assert image_io.exif_orientation(b'\xff\xd8\xff\xda') == 1  # JPEG without EXIF.
+  assert image_io.exif_orientation(b'\x89PNG\r\n') == 1
+  assert image_io.exif_orientation(b'II*\x00\xff\xff\xff\x00') == 1  # IFD offset past the end.
+  assert image_io.exif_orientation(b'') == 1
+
+
+def test_same_file_twice_is_refused_identical_pixels_warned(tmp_path, caplog):
+  a = tmp_path / 'a.png'
+  assert cv2.imwrite(str(a), _rgb())
+  with pytest.raises(InputError, match=r'a.png: given twice \(also as'):
+    image_io.load_inputs([str(a), str(tmp_path / '.' / 'a.png')])
+  b = tmp_path / 'b.png'
+  b.write_bytes(a.read_bytes())
+  with caplog.at_level('WARNING'):
+    image_io.load_inputs([str(a), str(b)])
+  assert 'identical pixels' in caplog.text
+
+
+def test_auto_bit_depth():
+  info = lambda d: image_io.ImageInfo('x', 1, 1, 3, d, False)
+  assert image_io.auto_bit_depth([info(8), info(8)]) == 8
+  assert image_io.auto_bit_depth([info(8), info(16)]) == 16
+  assert image_io.auto_bit_depth([info(32), info(8)]) == 16  # Float TIFF keeps more than 8 bits.
