@@ -25,10 +25,39 @@ def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def label(image: np.ndarray, text: str, height: int = 22) -> np.ndarray:
-  """A uint8 RGB image with a white caption bar above it."""
-  bar = np.full((height, image.shape[1], 3), 255, np.uint8)
-  scale = 0.45
-  cv2.putText(bar, text, (4, height - 7), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+  """A uint8 RGB image with a white caption bar above it.
+
+  A caption wider than the image is set smaller (down to 2/3 size) and then wrapped at spaces (or, for
+  a single long word, at the image's width), so that it is never cut off.
+  """
+  width = image.shape[1]
+  scale, min_scale = 0.45, 0.3
+  text_w = cv2.getTextSize(text, _FONT, scale, 1)[0][0]
+  if text_w > width - 8:
+    scale = max(min_scale, scale * (width - 8) / max(text_w, 1))
+  fits = lambda s: cv2.getTextSize(s, _FONT, scale, 1)[0][0] <= width - 8
+  lines, current = [], ''
+  for word in text.split(' '):
+    trial = f'{current} {word}'.strip()
+    if fits(trial) or not current:
+      current = trial
+    else:
+      lines.append(current)
+      current = word
+  lines.append(current)
+  wrapped = []
+  for line in lines:  # A single word still too wide: cut it into pieces that fit.
+    while not fits(line) and len(line) > 1:
+      k = len(line) - 1
+      while k > 1 and not fits(line[:k]):
+        k -= 1
+      wrapped.append(line[:k])
+      line = line[k:]
+    wrapped.append(line)
+  line_h = max(height - 8, int(round(32 * scale)))
+  bar = np.full((max(height, 8 + line_h * len(wrapped)), width, 3), 255, np.uint8)
+  for i, line in enumerate(wrapped):
+    cv2.putText(bar, line, (4, line_h * (i + 1)), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
   return np.concatenate([bar, image], axis=0)
 
 

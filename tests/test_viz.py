@@ -41,3 +41,16 @@ def test_loss_plot_one_panel_per_stage():
                                                                  'content': np.geomspace(1, 0.01, 30)}}
   img = viz.loss_plot(hist, width=600, panel_height=200)
   assert img.shape == (400, 600, 3) and img.dtype == np.uint8
+
+
+def test_label_never_cuts_a_caption_off():
+  im = np.zeros((40, 48, 3), np.uint8)
+  for text in ('DFP', 'bicubic of the average', 'a_long_file_name_without_spaces.png'):
+    out = viz.label(im, text)
+    bar = out[:out.shape[0] - 40]
+    np.testing.assert_array_equal(out[bar.shape[0]:], im)  # The image itself is untouched below.
+    ink = bar.min(axis=2) < 128
+    cols = np.nonzero(ink.any(axis=0))[0]
+    assert ink.any() and cols.max() < 48 - 2, text  # Text ends before the right edge: nothing clipped.
+  assert viz.label(im, 'DFP').shape == (62, 48, 3)  # A short caption: one bar of the usual height.
+  assert viz.label(im, 'a_long_file_name_without_spaces.png').shape[0] > 62  # Wrapped onto more lines.
