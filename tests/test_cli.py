@@ -173,9 +173,12 @@ def test_interrupt_gives_one_line_and_leaves_the_output_dir(files, tmp_path, sig
   args += ['--iters=100000', '--chunk_size=5']  # Long enough to be interrupted in the main loop.
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   # The child gets the default SIGINT disposition: a test runner's worker may ignore SIGINT, and an
-  # ignored SIGINT is inherited (as for background jobs of a shell).
-  p = subprocess.Popen([sys.executable, RUN] + args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
-                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  # ignored SIGINT is inherited (as for background jobs of a shell). A trampoline resets it and execs
+  # run.py (a preexec_fn would fork this process, which has JAX's threads running).
+  reset = ('import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+           'os.execv(sys.executable, [sys.executable] + sys.argv[1:])')
+  p = subprocess.Popen([sys.executable, '-c', reset, RUN] + args, cwd=ROOT, env=env, stderr=subprocess.PIPE,
+                       text=True)
   lines = []
   for line in p.stderr:  # Wait until the optimisation runs (it logs progress), then interrupt.
     lines.append(line)
