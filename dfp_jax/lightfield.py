@@ -290,8 +290,15 @@ def _scan_folder(folder: str):
   if (min(rows) + max(rows)) % 2 or (min(cols) + max(cols)) % 2:
     raise MissingCenterViewError(
         f'{folder}: rows {min(rows)}..{max(rows)} / cols {min(cols)}..{max(cols)} have no middle '
-        f'view; pass center=(row, col) or give it in {VIEWS_JSON}')
+        f'view (a stray file named like a view widens the grid); give the centre in {VIEWS_JSON}, or '
+        'call load_light_field(..., center=(row, col))')
   center = ((min(rows) + max(rows)) // 2, (min(cols) + max(cols)) // 2)
+  grid = (max(rows) - min(rows) + 1) * (max(cols) - min(cols) + 1)
+  if len(entries) != grid:
+    logging.warning('%s: %d views fill %d places of the rows %d..%d / cols %d..%d grid; the centre view '
+                    '(the reference) is taken at (%d, %d); list the views in %s if that is wrong',
+                    folder, len(entries), grid, min(rows), max(rows), min(cols), max(cols), *center,
+                    VIEWS_JSON)
   return entries, center, 'lytro'
 
 

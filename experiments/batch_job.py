@@ -206,12 +206,16 @@ def run_batch(f) -> int:
   config = cli.config_from_flags(f)
   rank, world = init_distributed(f)
   output_dir = os.path.abspath(f.output_dir)
-  all_scenes = discover_scenes(f.input_dir)
-  mine = [s for k, s in enumerate(all_scenes) if k % world == rank]
-  cfg_sha = config_digest(config, seed=f.seed, output_bit_depth=f.output_bit_depth)
   if image_io.is_inside(f.input_dir, output_dir):
     raise errors.InputError(f'--output_dir={f.output_dir} holds --input_dir={f.input_dir}: the scenes\' result '
                             'folders would replace the input scene folders; choose another --output_dir')
+  all_scenes = [(name, paths) for name, paths in discover_scenes(f.input_dir)
+                # --output_dir inside --input_dir: its folder is not a scene.
+                if not image_io.is_inside(os.path.join(f.input_dir, name), output_dir)]
+  if not all_scenes:
+    raise errors.InputError(f'{f.input_dir}: no scene subfolders besides --output_dir')
+  mine = [s for k, s in enumerate(all_scenes) if k % world == rank]
+  cfg_sha = config_digest(config, seed=f.seed, output_bit_depth=f.output_bit_depth)
   try:
     os.makedirs(output_dir, exist_ok=True)
   except OSError as e:
@@ -241,6 +245,8 @@ def run_batch(f) -> int:
                                 f'images, found {len(paths)}')
       images, infos = image_io.load_inputs(paths)
       fusion.validate_images(images, config, [i.path for i in infos])
+      # Before the work, not after it: a scene folder holding files this tool did not write.
+      image_io.check_replaceable(os.path.join(output_dir, name), protect=paths)
     except errors.InputError as e:
       updates[name] = _entry('failed', error=str(e), inputs=inputs_sha)
       logging.error('[batch] %s: %s', name, e)

@@ -114,6 +114,9 @@ def _parse_planes(values):
   return np.sort(planes).astype(np.float32)
 
 
+MAX_SWEEP = 257  # Each swept plane is a refocused image of the whole view: bounded work.
+
+
 def _parse_sweep(values):
   try:
     lo, hi, num = float(values[0]), float(values[1]), int(values[2])
@@ -121,8 +124,9 @@ def _parse_sweep(values):
       raise ValueError
   except (ValueError, IndexError):
     raise errors.InputError(f'--sweep must be min,max,count (e.g. -2,2,33), got {",".join(values)}') from None
-  if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and num >= 2):
-    raise errors.InputError(f'--sweep={",".join(values)}: need finite min < max and count >= 2')
+  if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and 2 <= num <= MAX_SWEEP):
+    raise errors.InputError(f'--sweep={",".join(values)}: need finite min < max and 2 <= count <= '
+                            f'{MAX_SWEEP}')
   return lightfield.disparity_sweep(hi, num, min_disparity=lo)
 
 
@@ -210,6 +214,7 @@ def run_lightfield(f) -> int:
     logging.warning('--planes gives %d planes: --num_planes=%d is ignored', user_planes.size,
                     f.num_planes)
   ds = f.lf_downsample
+  image_io.check_replaceable(f.output_dir, protect=[folder])  # Before any work, not after it.
   t0 = time.perf_counter()
 
   # 1. Views (cropped, downsampled) and the original-resolution centre view (the reference).
@@ -224,8 +229,17 @@ def run_lightfield(f) -> int:
   center_full = center_full[:h * ds, :w * ds]  # The rows/cols that downsampling kept.
   if center_full.shape[2] != c:  # views.json may mix; follow the loader's channel count.
     center_full = np.repeat(center_full, c, axis=2) if center_full.shape[2] == 1 else center_full[..., :c]
-  n_aperture = int(np.sum(np.asarray(lightfield.aperture_weights(
-      lightfield.view_offsets(lf.rows, lf.cols, lf.center), f.aperture))))
+  offsets = np.asarray(lightfield.view_offsets(lf.rows, lf.cols, lf.center))
+  weights = np.asarray(lightfield.aperture_weights(jnp.asarray(offsets), f.aperture))
+  n_aperture = int(np.sum(weights))
+  reach = float(np.max(np.abs(offsets[weights > 0]))) if n_aperture else 0.0
+  for flag, values in (('--planes', user_planes), ('--sweep', None if user_planes is not None else sweep)):
+    far = 0.0 if values is None else float(np.max(np.abs(values)))
+    if reach > 0 and far * reach >= min(h, w):
+      raise errors.InputError(
+          f'{flag}: disparity {far:g} shifts the outermost views in the aperture ({reach:g} view steps) by '
+          f'{far * reach:.0f} px, as much as the {h}x{w} processed views; use |disparity| < '
+          f'{min(h, w) / reach:.3g} (pixels per view step)')
   logging.info('light field %s: %d views, centre %s (%s), processed view size %dx%dx%d '
                '(crop %s, downsample %d); aperture %s -> %d views', folder, lf.num_views, lf.center,
                center_name, h, w, c, crop, ds, f.aperture, n_aperture)

@@ -58,6 +58,9 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected positional arguments: {" ".join(argv[1:])} (use --inputs=a.png,b.png)')
   signal.signal(signal.SIGTERM, _raise_terminated)
+  if FLAGS.input_dir and (FLAGS.inputs or FLAGS.lightfield):
+    other = '--inputs' if FLAGS.inputs else '--lightfield'
+    cli.fail(f'give either --input_dir (a folder of scenes, batch mode) or {other}, not both')
   try:
     if FLAGS.input_dir:
       batch_job.setup_devices(FLAGS)

@@ -280,6 +280,26 @@ def test_batch_output_dir_holding_the_dataset_is_refused(tmp_path):
   assert sorted(os.listdir(data)) == before and not os.path.exists(data / 'manifest.json')
 
 
+def test_batch_output_dir_inside_the_dataset_and_foreign_scene_folders(tmp_path):
+  data = _dataset(tmp_path / 'data', bad=False)
+  out = data / 'results'  # Inside the dataset: not a scene, on the first run or a rerun.
+  (out / 'scene1').mkdir(parents=True)
+  (out / 'scene1' / 'mine.txt').write_text('not ours')  # A scene folder holding the user's file.
+  args = [f'--input_dir={data}', f'--output_dir={out}', '--batch_strategy=loop', '--host_devices=1',
+          '--scale=2'] + TINY_FLAGS
+  for attempt in range(2):
+    r = _run(args)
+    assert r.returncode == 1, r.stderr[-2000:]  # scene1 refused, the others done.
+    m = json.loads((out / 'manifest.json').read_text())['scenes']
+    assert set(m) == {'scene0', 'scene1', 'scene2'}  # 'results' is not a scene.
+    assert m['scene0']['status'] == m['scene2']['status'] == 'done'
+    assert m['scene1']['status'] == 'failed' and 'is not a previous dfp_jax result' in m['scene1']['error']
+    if attempt == 0:  # Refused while loading, before anything was compiled or optimised.
+      assert r.stderr.index('[batch] scene1:') < r.stderr.index('compiling')
+  assert 'scene0: already done' in r.stderr and 'scene2: already done' in r.stderr
+  assert os.listdir(out / 'scene1') == ['mine.txt']
+
+
 def test_two_processes_share_the_scene_list(tmp_path):
   data = _dataset(tmp_path / 'data', bad=False)
   out = tmp_path / 'out'

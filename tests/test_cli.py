@@ -90,6 +90,7 @@ def files(tmp_path_factory):
     ('outdir', 'notes.png is a file, not a folder'),
     ('outdir_foreign', 'exists and is not a previous dfp_jax result'),
     ('twice', 'given twice'),
+    ('modes', 'give either --input_dir (a folder of scenes, batch mode) or --inputs, not both'),
     ('dr_kernel', 'at least 99 pixels (--doublereblur kernels kg,kd,ke = 5,99,3)'),
     ('memory', 'huge.png: 4000x4000 at x4 needs about'),
     ('positional', 'unexpected positional arguments'),

@@ -172,12 +172,19 @@ def test_benchmark_gt_scores_every_method_and_writes_json(lf_folder, tmp_path):
     ('downsample_zero', '--lf_downsample must be an integer >= 1, got 0'),
     ('one_plane', '--planes needs at least 2 disparities'),
     ('planes_text', '--planes must be comma-separated numbers'),
+    ('planes_far', '--planes: disparity 300 shifts the outermost views'),
+    ('sweep_huge', '--sweep=-2,2,100000: need finite min < max and 2 <= count <= 257'),
+    ('outdir_is_lf', 'holds the input'),
+    ('outdir_foreign', 'is not a previous dfp_jax result'),
 ])
 def test_bad_input_gives_one_clear_line(lf_folder, tmp_path, case, match):
   out = tmp_path / 'out'
   out.mkdir()
-  (out / 'keep.txt').write_text('previous results')
+  (out / 'keep.txt').write_text('previous results')  # A previous result: replaceable, never on error.
+  (out / 'summary.json').write_text(json.dumps({'dfp_jax_version': '0',
+                                                'output': {'files': ['keep.txt', 'summary.json']}}))
   views = f'--lightfield={lf_folder / "views"}'
+  before = sorted(os.listdir(lf_folder / 'views'))
   args = {
       'missing': [f'--lightfield={lf_folder / "nope"}'],
       'no_views': [f'--lightfield={lf_folder / "empty"}'],
@@ -186,10 +193,17 @@ def test_bad_input_gives_one_clear_line(lf_folder, tmp_path, case, match):
       'downsample_zero': [views, '--lf_downsample=0'],
       'one_plane': [views, '--planes=0.5'],
       'planes_text': [views, '--planes=near,far'],
+      'planes_far': [views, '--planes=0,300'],
+      'sweep_huge': [views, '--sweep=-2,2,100000'],
+      'outdir_is_lf': [views, f'--output_dir={lf_folder / "views"}'],
+      'outdir_foreign': [views, f'--output_dir={lf_folder / "empty"}'],  # notes.txt, photo.png: not ours.
   }[case]
-  r = _run(args + [f'--output_dir={out}'] + TINY_FLAGS)
+  if not any(a.startswith('--output_dir') for a in args):
+    args.append(f'--output_dir={out}')
+  r = _run(args + TINY_FLAGS)
   assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
   err_lines = [l for l in r.stderr.splitlines() if l.startswith('error: ')]
   assert len(err_lines) == 1 and match in err_lines[0], r.stderr[-2000:]
   assert 'Traceback' not in r.stderr
-  assert os.listdir(out) == ['keep.txt']  # Nothing written, nothing lost.
+  assert sorted(os.listdir(out)) == ['keep.txt', 'summary.json']  # Nothing written, nothing lost.
+  assert sorted(os.listdir(lf_folder / 'views')) == before
