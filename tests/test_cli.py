@@ -112,8 +112,9 @@ def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
       'scale': [f'--inputs={a},{b}', '--scale=3'],
       'doublereblur': [f'--inputs={a},{b}', '--doublereblur=5,3,3'],
       'outdir': [f'--inputs={a},{b}', f'--output_dir={files["text"]}/sub'],
-      'outdir_foreign': [f'--inputs={a},{b}'],
-      'dr_kernel': [f'--inputs={a},{b}', '--doublereblur=5,99,3,0.01,1'],  # `out` holds keep.txt, which this tool did not write.
+      'outdir_foreign': [f'--inputs={a},{b}'],  # `out` holds keep.txt, which this tool did not write.
+      'modes': [f'--inputs={a},{b}', f'--input_dir={files["dir"]}'],
+      'dr_kernel': [f'--inputs={a},{b}', '--doublereblur=5,99,3,0.01,1'],
       'twice': [f'--inputs={a},{b},{files["dir"]}/../{os.path.basename(files["dir"])}/a.png'],
       'memory': [f'--inputs={files["huge"]},{files["huge2"]}', '--scale=4',
                  '--channels=8,16,32,64,128', '--skip_channels=4,4,4,4,4', '--mask_skip_channels=0,0,0,4,4'],
