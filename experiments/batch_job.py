@@ -254,6 +254,8 @@ def run_batch(f) -> int:
     loaded[name] = (images, infos, inputs_sha)
     todo.append(name)
     updates[name] = _entry('pending', inputs=inputs_sha)
+  for entry in updates.values():  # Every entry records the configuration it was tried with.
+    entry['config_sha256'] = cfg_sha
   update_manifest(output_dir, updates, header)
   failed = [n for n, e in updates.items() if e['status'] == 'failed']
   logging.info('[batch] %d scene(s) for this process: %d to do, %d skipped as done, %d failed to load',

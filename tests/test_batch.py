@@ -243,6 +243,7 @@ def test_batch_job_manifest_failure_kill_and_resume(tmp_path):
   m = json.loads((out / 'manifest.json').read_text())['scenes']
   assert m['scene0']['status'] == 'done' and m['scene1']['status'] == 'pending'
   assert m['broken']['status'] == 'failed' and 'A.png' in m['broken']['error']
+  assert len({m[n]['config_sha256'] for n in ('scene0', 'scene1', 'broken')}) == 1  # Load failures too.
   done_seconds = m['scene0']['seconds']
   # Restarted with the same command: scene0 kept, the others done, broken still failed (exit 1).
   r = _run(args)
