@@ -871,6 +871,17 @@ def index_map_legend(n: int, labels: Sequence[str] | None = None, width: int = 2
   colours = palette(n)
   font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, row_height / 45.0), 1
   swatch = row_height - 6
+  avail = width - (4 + swatch + 6) - 3  # Text room in a one-column legend.
+
+  def fit(s):  # A label too wide for the strip is shortened ('name..'), never cut off at the edge.
+    if cv2.getTextSize(s, font, scale, thick)[0][0] <= avail:
+      return s
+    k = len(s)
+    while k > 1 and cv2.getTextSize(s[:k] + '..', font, scale, thick)[0][0] > avail:
+      k -= 1
+    return s[:k] + '..'
+
+  labels = [fit(s) for s in labels]
   text_w = max(cv2.getTextSize(s, font, scale, thick)[0][0] for s in labels)
   cell_w = swatch + 8 + text_w + 10
   ncols = max(1, min(n, width // cell_w))

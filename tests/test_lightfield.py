@@ -388,6 +388,12 @@ class IndexMapTest(parameterized.TestCase):
       self.assertTrue(np.any(np.all(strip == colour, axis=-1)))
     self.assertTrue(np.any(strip.sum(-1) < 100))  # Black text and borders.
 
+  def test_legend_long_labels_are_shortened_not_cut_off(self):
+    strip = lightfield.index_map_legend(2, ['near_focus_photo.png', 'far_focus_photo.png'], width=48)
+    ink = strip.sum(-1) < 3 * 128
+    self.assertTrue(ink[:, 20:].any())  # Some text is drawn next to the swatches...
+    self.assertFalse(ink[:, -2:].any())  # ...and it ends before the right edge.
+
 
 if __name__ == '__main__':
   absltest.main()
