@@ -176,6 +176,7 @@ def test_benchmark_gt_scores_every_method_and_writes_json(lf_folder, tmp_path):
     ('sweep_huge', '--sweep=-2,2,100000: need finite min < max and 2 <= count <= 257'),
     ('outdir_is_lf', 'holds the input'),
     ('outdir_foreign', 'is not a previous dfp_jax result'),
+    ('crop_small', 'the processed views are 6x6 (after --crop / --lf_downsample)'),
 ])
 def test_bad_input_gives_one_clear_line(lf_folder, tmp_path, case, match):
   out = tmp_path / 'out'
@@ -196,7 +197,8 @@ def test_bad_input_gives_one_clear_line(lf_folder, tmp_path, case, match):
       'planes_far': [views, '--planes=0,300'],
       'sweep_huge': [views, '--sweep=-2,2,100000'],
       'outdir_is_lf': [views, f'--output_dir={lf_folder / "views"}'],
-      'outdir_foreign': [views, f'--output_dir={lf_folder / "empty"}'],  # notes.txt, photo.png: not ours.
+      'outdir_foreign': [views, f'--output_dir={lf_folder / "empty"}'],
+      'crop_small': [views, '--crop=0,0,12,12', '--lf_downsample=2'],  # notes.txt, photo.png: not ours.
   }[case]
   if not any(a.startswith('--output_dir') for a in args):
     args.append(f'--output_dir={out}')
