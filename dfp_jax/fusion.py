@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 import time
 from typing import NamedTuple, Sequence
 
@@ -426,8 +427,27 @@ def estimate_memory(height: int, width: int, num_inputs: int, channels: int,
   return out
 
 
+MEMORY_BUDGET_ENV = 'DFP_JAX_MEMORY_BUDGET'  # Bytes: a cap on what the memory checks plan for.
+
+
 def available_memory(device=None) -> int | None:
-  """Bytes the computation may still use on `device` (default: the first device), or None."""
+  """Bytes the computation may still use on `device` (default: the first device), or None.
+
+  The environment variable DFP_JAX_MEMORY_BUDGET (bytes, e.g. 8e9) caps it: on a shared machine,
+  leave room for other jobs.
+  """
+  avail = _device_available_memory(device)
+  cap = os.environ.get(MEMORY_BUDGET_ENV)
+  if cap:
+    try:
+      cap = int(float(cap))
+    except ValueError:
+      raise InputError(f'{MEMORY_BUDGET_ENV}={cap!r}: expected a number of bytes, e.g. 8e9') from None
+    avail = cap if avail is None else min(avail, cap)
+  return avail
+
+
+def _device_available_memory(device=None) -> int | None:
   device = device or jax.devices()[0]
   if device.platform != 'cpu':
     try:

@@ -624,6 +624,18 @@ def required_pad(lf: LightField, max_abs_disparity: float, margin: int = 8) -> i
   return int(math.ceil(largest)) + int(margin)
 
 
+def estimate_memory(num_views: int, height: int, width: int, channels: int, pad: int) -> int:
+  """Peak process memory (bytes) of the light-field stage (focus sweep + focal stack, Fourier shifts).
+
+  5 float32 copies of the reflect-padded views (the padded views, their complex spectrum = two, and
+  the per-slice temporaries) plus ~300 MiB for the runtime. Measured on the HCI views (33 views, CPU,
+  peak RSS of sweep + stack): 548 / 859 / 2557 MiB at 256 / 512 / 1024 px against 464 / 886 / 2525
+  MiB estimated (docs/benchmarks.md, section 6).
+  """
+  hp, wp = height + 2 * pad, width + 2 * pad
+  return int(5 * num_views * hp * wp * channels * 4 + 300 * 2 ** 20)
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. Choosing focal planes.
 #

@@ -245,6 +245,15 @@ def run_lightfield(f) -> int:
           f'{flag}: disparity {far:g} shifts the outermost views in the aperture ({reach:g} view steps) by '
           f'{far * reach:.0f} px, as much as the {h}x{w} processed views; use |disparity| < '
           f'{min(h, w) / reach:.3g} (pixels per view step)')
+  if f.check_memory:
+    far = float(np.max(np.abs(sweep if user_planes is None else np.concatenate([sweep, user_planes]))))
+    need = lightfield.estimate_memory(len(lf.names), h, w, c, lightfield.required_pad(lf, far))
+    avail = fusion.available_memory()
+    if avail is not None and need > 0.9 * avail:
+      raise errors.MemoryBudgetError(
+          f'{folder}: the light-field stage ({len(lf.names)} views of {h}x{w}x{c}) needs about '
+          f'{need / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is available; process a region '
+          '(--crop=y,x,h,w) or downsample the views (--lf_downsample)')
   logging.info('light field %s: %d views, centre %s (%s), processed view size %dx%dx%d '
                '(crop %s, downsample %d); aperture %s -> %d views', folder, lf.num_views, lf.center,
                center_name, h, w, c, crop, ds, f.aperture, n_aperture)

@@ -143,3 +143,16 @@ def test_check_memory_refuses_with_estimate_and_size_that_fits():
     fusion.check_memory(2000, 3000, 2, 3, cfg, available=2 * 2 ** 30, name='big.png')
   est = fusion.check_memory(64, 64, 2, 3, cfg, available=2 * 2 ** 30)
   assert est['peak'] < 2 * 2 ** 30
+
+
+def test_memory_budget_environment_caps_the_available_memory(monkeypatch):
+  monkeypatch.delenv(fusion.MEMORY_BUDGET_ENV, raising=False)
+  free = fusion.available_memory()
+  assert free is not None and free > 2 ** 20  # /proc/meminfo on this CPU.
+  monkeypatch.setenv(fusion.MEMORY_BUDGET_ENV, '1e6')
+  assert fusion.available_memory() == 10 ** 6
+  monkeypatch.setenv(fusion.MEMORY_BUDGET_ENV, str(10 * free))
+  assert fusion.available_memory() <= free * 1.05  # A cap never raises what is there (it may move).
+  monkeypatch.setenv(fusion.MEMORY_BUDGET_ENV, 'lots')
+  with pytest.raises(InputError, match="DFP_JAX_MEMORY_BUDGET='lots': expected a number of bytes"):
+    fusion.available_memory()

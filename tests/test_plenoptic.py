@@ -24,8 +24,8 @@ SIZE = 32
 GRID = 5
 
 
-def _run(args, cwd=ROOT):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+def _run(args, cwd=ROOT, **extra_env):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', **extra_env)
   return subprocess.run([sys.executable, RUN] + args, cwd=cwd, env=env, capture_output=True, text=True,
                         timeout=600)
 
@@ -177,6 +177,7 @@ def test_benchmark_gt_scores_every_method_and_writes_json(lf_folder, tmp_path):
     ('outdir_is_lf', 'holds the input'),
     ('outdir_foreign', 'is not a previous dfp_jax result'),
     ('crop_small', 'the processed views are 6x6 (after --crop / --lf_downsample)'),
+    ('memory', 'the light-field stage (25 views of 32x32x3) needs about 0.3 GiB but only 0.2 GiB'),
 ])
 def test_bad_input_gives_one_clear_line(lf_folder, tmp_path, case, match):
   out = tmp_path / 'out'
@@ -198,11 +199,12 @@ def test_bad_input_gives_one_clear_line(lf_folder, tmp_path, case, match):
       'sweep_huge': [views, '--sweep=-2,2,100000'],
       'outdir_is_lf': [views, f'--output_dir={lf_folder / "views"}'],
       'outdir_foreign': [views, f'--output_dir={lf_folder / "empty"}'],
-      'crop_small': [views, '--crop=0,0,12,12', '--lf_downsample=2'],  # notes.txt, photo.png: not ours.
+      'crop_small': [views, '--crop=0,0,12,12', '--lf_downsample=2'],
+      'memory': [views],  # With DFP_JAX_MEMORY_BUDGET below what the light-field stage needs.  # notes.txt, photo.png: not ours.
   }[case]
   if not any(a.startswith('--output_dir') for a in args):
     args.append(f'--output_dir={out}')
-  r = _run(args + TINY_FLAGS)
+  r = _run(args + TINY_FLAGS, **({'DFP_JAX_MEMORY_BUDGET': str(200 * 2**20)} if case == 'memory' else {}))
   assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
   err_lines = [l for l in r.stderr.splitlines() if l.startswith('error: ')]
   assert len(err_lines) == 1 and match in err_lines[0], r.stderr[-2000:]
