@@ -26,7 +26,8 @@ Sections:
 
 The array functions of sections 2-4 are pure jnp with static shapes (jit-able, vmappable). The
 exceptions work on concrete values: `choose_focal_planes` (a driver calling jitted parts),
-`required_pad`, `disparity_sweep`, `palette` and `index_map_legend` (drawn with OpenCV, NumPy out).
+`required_pad`, `estimate_memory` / `check_memory` (of the refocusing stage), `disparity_sweep`,
+`palette` and `index_map_legend` (drawn with OpenCV, NumPy out).
 """
 
 from __future__ import annotations
@@ -634,6 +635,20 @@ def estimate_memory(num_views: int, height: int, width: int, channels: int, pad:
   """
   hp, wp = height + 2 * pad, width + 2 * pad
   return int(5 * num_views * hp * wp * channels * 4 + 300 * 2 ** 20)
+
+
+def check_memory(lf: LightField, max_abs_disparity: float, available: int | None, name: str = 'light field',
+                 headroom: float = 0.9) -> int:
+  """The light-field stage's `estimate_memory` for refocusing `lf` at |disparity| <= max_abs_disparity;
+  raises MemoryBudgetError if it exceeds `headroom` x `available` bytes (None: no check)."""
+  h, w, c = lf.image_shape
+  need = estimate_memory(lf.num_views, h, w, c, required_pad(lf, max_abs_disparity))
+  if available is not None and need > headroom * available:
+    raise errors.MemoryBudgetError(
+        f'{name}: the light-field stage ({lf.num_views} views of {h}x{w}x{c}) needs about '
+        f'{need / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB is available; process a region '
+        '(--crop=y,x,h,w) or downsample the views (--lf_downsample)')
+  return need
 
 
 # ------------------------------------------------------------------------------------------------

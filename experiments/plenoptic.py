@@ -130,12 +130,6 @@ def _parse_sweep(values):
   return lightfield.disparity_sweep(hi, num, min_disparity=lo)
 
 
-def _bit_depth(f, view_depth: int) -> int:
-  if f.output_bit_depth != 'auto':
-    return int(f.output_bit_depth)
-  return 16 if view_depth > 8 else 8
-
-
 def _json_number(x: float):
   x = float(x)
   return x if math.isfinite(x) else ('inf' if x > 0 else '-inf')
@@ -238,22 +232,16 @@ def run_lightfield(f) -> int:
   weights = np.asarray(lightfield.aperture_weights(jnp.asarray(offsets), f.aperture))
   n_aperture = int(np.sum(weights))
   reach = float(np.max(np.abs(offsets[weights > 0]))) if n_aperture else 0.0
-  for flag, values in (('--planes', user_planes), ('--sweep', None if user_planes is not None else sweep)):
-    far = 0.0 if values is None else float(np.max(np.abs(values)))
-    if reach > 0 and far * reach >= min(h, w):
-      raise errors.InputError(
-          f'{flag}: disparity {far:g} shifts the outermost views in the aperture ({reach:g} view steps) by '
-          f'{far * reach:.0f} px, as much as the {h}x{w} processed views; use |disparity| < '
-          f'{min(h, w) / reach:.3g} (pixels per view step)')
-  if f.check_memory:
-    far = float(np.max(np.abs(sweep if user_planes is None else np.concatenate([sweep, user_planes]))))
-    need = lightfield.estimate_memory(len(lf.names), h, w, c, lightfield.required_pad(lf, far))
-    avail = fusion.available_memory()
-    if avail is not None and need > 0.9 * avail:
-      raise errors.MemoryBudgetError(
-          f'{folder}: the light-field stage ({len(lf.names)} views of {h}x{w}x{c}) needs about '
-          f'{need / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is available; process a region '
-          '(--crop=y,x,h,w) or downsample the views (--lf_downsample)')
+  flag, values = ('--sweep', sweep) if user_planes is None else ('--planes', user_planes)
+  far = float(np.max(np.abs(values)))
+  if reach > 0 and far * reach >= min(h, w):
+    raise errors.InputError(
+        f'{flag}: disparity {far:g} shifts the outermost views in the aperture ({reach:g} view steps) by '
+        f'{far * reach:.0f} px, as much as the {h}x{w} processed views; use |disparity| < '
+        f'{min(h, w) / reach:.3g} (pixels per view step)')
+  if f.check_memory:  # The sweep runs over the user's planes too.
+    swept = sweep if user_planes is None else np.concatenate([sweep, user_planes])
+    lightfield.check_memory(lf, float(np.max(np.abs(swept))), fusion.available_memory(), name=folder)
   logging.info('light field %s: %d views, centre %s (%s), processed view size %dx%dx%d '
                '(crop %s, downsample %d); aperture %s -> %d views', folder, lf.num_views, lf.center,
                center_name, h, w, c, crop, ds, f.aperture, n_aperture)
@@ -282,7 +270,8 @@ def run_lightfield(f) -> int:
   mem = fusion.estimate_memory(h, w, n, c, config)
   if f.check_memory:
     mem = fusion.check_memory(h, w, n, c, config, name=f'{folder} (views processed to {h}x{w})')
-  bit_depth = _bit_depth(f, center_info.bit_depth)
+  bit_depth = (int(f.output_bit_depth) if f.output_bit_depth != 'auto'
+               else image_io.auto_bit_depth([center_info]))
   infos = [image_io.ImageInfo(p, h, w, c, center_info.bit_depth, False) for p in stack_files]
   slice_share = np.bincount(np.asarray(fp.slice_index).ravel(), minlength=n) / float(h * w)
   planes_info = {
