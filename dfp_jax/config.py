@@ -20,6 +20,7 @@ OUTPUTS = ('ema', 'last')
 DTYPES = ('float32', 'bfloat16')
 STOPS = ('auto', 'fixed')
 OUTPUT_BIASES = ('mean', 'zero')
+OUTPUT_BASES = ('map_fusion', 'none')
 CPU_CONVS = ('eigen', 'ynnpack')
 # XLA:CPU (jax 0.10) sends convolutions, dots and reductions to YNNPACK by default. 'eigen' keeps
 # YNNPACK for dots and reductions only: its convolution kernels are 3-5x slower than XLA's Eigen ones
@@ -46,6 +47,13 @@ class FusionConfig:
   # channel, so the output starts at the scene's mean colour instead of grey 0.5; 'zero' = the usual
   # initialisation (the authors' code). A starting point only: it is trained like every other parameter.
   output_bias: str = 'mean'
+  # What the image net's output is relative to: 'none' = the papers' sigmoid(net(z)); 'map_fusion' =
+  # sigmoid(net(z) + logit(B)), B the bicubic x s of the fusion of the inputs by the decision maps, a
+  # fixed per-pixel offset of the head's pre-activation (the net's head starts small, its bias at zero,
+  # so the first output is close to B). The losses, the prior and the network are unchanged; the net
+  # fits the correction to B instead of the whole image (docs/benchmarks.md section 5c). With
+  # 'map_fusion', output_bias is not used.
+  output_base: str = 'map_fusion'
   # Focus measure parameters: the papers' [5, 3, 3, 0.01, 1] with the 'compare' two-input rule (focus.py).
   doublereblur: DoubleReblurParams = DoubleReblurParams()
   image_net: NetConfig = IMAGE_NET  # Main SKIPnet.
@@ -82,6 +90,8 @@ class FusionConfig:
       raise ValueError(f"input_type must be one of {INPUT_TYPES}, got '{self.input_type}'")
     if self.output_bias not in OUTPUT_BIASES:
       raise ValueError(f"output_bias must be one of {OUTPUT_BIASES}, got '{self.output_bias}'")
+    if self.output_base not in OUTPUT_BASES:
+      raise ValueError(f"output_base must be one of {OUTPUT_BASES}, got '{self.output_base}'")
     if self.output not in OUTPUTS:
       raise ValueError(f"output must be one of {OUTPUTS}, got '{self.output}'")
     if not 0.0 <= self.ema_decay < 1.0:

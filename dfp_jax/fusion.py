@@ -142,12 +142,13 @@ def mask_stage(config: FusionConfig, num_inputs: int) -> optimize.Stage:
 @functools.lru_cache(maxsize=64)
 def main_stage(config: FusionConfig, channels: int) -> optimize.Stage:
   """The fusion-prior stage (static: cached per configuration and channel count)."""
-  net = config.image_net.build(channels, 'sigmoid', _dtype(config))
+  based = config.output_base == 'map_fusion'
+  net = config.image_net.build(channels, 'none' if based else 'sigmoid', _dtype(config))
   s = config.scale
   weights = config.weights
 
   def loss_fn(params, problem):
-    out_hr = net.apply(params, problem['z'])
+    out_hr = image_output(net.apply(params, problem['z']), problem, config)
     out_lr = resample.lanczos2_downsample(out_hr, s)
     loss, terms = losses.fusion_loss(out_hr, out_lr, problem['images'], problem['maps'],
                                      problem['grad_target'], weights)
@@ -186,6 +187,34 @@ def embedded_maps(state: optimize.TrainState, config: FusionConfig, num_inputs: 
   return embedding.hard_maps(soft)
 
 
+# The head's kernel is scaled by this at initialisation with output_base='map_fusion', so that the first
+# output is close to the base (on the bundled pair: mean |sigmoid(net + logit B) - B| 0.008, 38-39 dB
+# from B at x1-x4) instead of a random perturbation of it. Adam's updates do not depend on the scale of
+# a gradient, so training starts at full speed all the same.
+BASE_HEAD_SCALE = 0.1
+# Base intensities are clipped to [eps, 1 - eps] before the logit: a pixel at exactly 0 or 1 would
+# otherwise sit at an infinite pre-activation with no gradient. 1e-3 keeps 8-bit extremes exact after
+# rounding (0.255 grey levels).
+BASE_EPS = 1e-3
+
+
+def output_base(images: jnp.ndarray, maps: jnp.ndarray, config: FusionConfig) -> jnp.ndarray:
+  """The base image B [sH, sW, C] of output_base='map_fusion': the fusion of the inputs [N, H, W, C] by
+  the binary decision maps [N, H, W] (sum_i M_i X_i), bicubic x s, clipped to [0, 1]."""
+  fused = jnp.sum(maps[..., None].astype(images.dtype) * images, axis=0)
+  if config.scale == 1:
+    return fused
+  return jnp.clip(resample.bicubic_upsample(fused, config.scale), 0.0, 1.0)
+
+
+def image_output(net_out: jnp.ndarray, problem, config: FusionConfig) -> jnp.ndarray:
+  """The image from the image net's output: the net's own sigmoid output (output_base='none'), or
+  sigmoid(pre-activation + logit(B)) with the base's logit kept in problem['base_logit']."""
+  if config.output_base == 'none':
+    return net_out
+  return jax.nn.sigmoid(net_out + problem['base_logit'])
+
+
 def initial_output_bias(params, images: jnp.ndarray, config: FusionConfig):
   """The image net's parameters with the head bias set by `config.output_bias` ('mean': the logit of the
   mean colour of the inputs [N, H, W, C], so that the first output is that colour everywhere, not 0.5).
@@ -207,9 +236,16 @@ def init_main_state(key, images, maps, config: FusionConfig):
   stage = main_stage(config, c)
   z = network_input(k_z, images, config)
   params = stage.net.lazy_init(k_init, jax.ShapeDtypeStruct(z.shape, z.dtype))  # No forward pass.
-  params = initial_output_bias(params, images, config)
   problem = {'z': z, 'images': images, 'maps': maps,
              'grad_target': losses.joint_gradient_target(images)}
+  if config.output_base == 'map_fusion':
+    inner = dict(params['params'])
+    inner['head'] = {'kernel': inner['head']['kernel'] * BASE_HEAD_SCALE,
+                     'bias': jnp.zeros_like(inner['head']['bias'])}
+    params = {**params, 'params': inner}
+    problem['base_logit'] = models.sigmoid_bias_for_mean(output_base(images, maps, config), BASE_EPS)
+  else:
+    params = initial_output_bias(params, images, config)
   s = config.scale
   return optimize.init_state(stage, params, (s * h, s * w, c)), problem
 
@@ -406,17 +442,18 @@ def estimate_memory(height: int, width: int, num_inputs: int, channels: int,
   act_bytes = 2 if config.compute_dtype == 'bfloat16' else 4
   out = {}
 
-  def stage_bytes(net_cfg, h, w, cin, cout, lr_pixels):
+  def stage_bytes(net_cfg, h, w, cin, cout, lr_pixels, images_kept=3):
     depth = len(net_cfg.channels_down)
     px = _padded(h, depth) * _padded(w, depth)
     n_params = _param_count(net_cfg, cin, cout)
     per_px = ACTIVATION_COPIES * act_bytes * _feature_channels_per_pixel(net_cfg)
-    scene = 4 * (num_inputs * lr_pixels * (channels + 1) + 3 * h * w * max(cin, cout))
+    # Inputs and maps; z, the output and its EMA at the output size (and the base's logit).
+    scene = 4 * (num_inputs * lr_pixels * (channels + 1) + images_kept * h * w * max(cin, cout))
     return int(FIXED_BYTES + 4 * 4 * n_params + per_px * px + scene), per_px
 
   cz = config.noise_channels if config.input_type == 'noise' else channels
   out['main'], per_px = stage_bytes(config.image_net, s * height, s * width, cz, channels,
-                                    height * width)
+                                    height * width, 3 + (config.output_base != 'none'))
   out['mask'] = 0
   if config.mask_iters > 0:
     out['mask'], _ = stage_bytes(config.mask_net, height, width, cz,

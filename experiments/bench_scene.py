@@ -60,6 +60,8 @@ flags.DEFINE_float('lr', FusionConfig.lr, 'Adam learning rate of the main stage.
 flags.DEFINE_float('mask_lr', FusionConfig.mask_lr, 'Adam learning rate of the decision embedding.')
 flags.DEFINE_enum('output_bias', FusionConfig.output_bias, ['mean', 'zero'],
                   'Initial head bias of the image net (see --output_bias of run.py).')
+flags.DEFINE_enum('output_base', FusionConfig.output_base, ['map_fusion', 'none'],
+                  'Image net output relative to the map fusion or not (see --output_base of run.py).')
 flags.DEFINE_bool('timing', True, 'Run the auto_cold / auto_warm timings (else only the fixed curves).')
 flags.DEFINE_string('json', None, 'Write the results here.')
 flags.DEFINE_string('plot', None, 'Write the PSNR-per-iteration figure here (PNG).')
@@ -163,7 +165,8 @@ def main(argv):
   del argv
   base = FusionConfig(scale=FLAGS.scale, iters=FLAGS.iters, mask_iters=FLAGS.mask_iters,
                       stop_tol=FLAGS.stop_tol, stop_min_iters=FLAGS.stop_min_iters, lr=FLAGS.lr,
-                      mask_lr=FLAGS.mask_lr, output_bias=FLAGS.output_bias)
+                      mask_lr=FLAGS.mask_lr, output_bias=FLAGS.output_bias,
+                      output_base=FLAGS.output_base)
   results = []
   cache_dir = tempfile.mkdtemp(prefix='dfp_bench_cache_')
   jax.config.update('jax_compilation_cache_dir', cache_dir)

@@ -62,6 +62,10 @@ def define_flags():
   flags.DEFINE_enum('output_bias', 'mean', ['mean', 'zero'], 'Initial bias of the image net\'s sigmoid '
                     'head: mean = logit of the inputs\' mean colour (the output starts at that colour), '
                     'zero = the usual initialisation (the authors\' code).')
+  flags.DEFINE_enum('output_base', 'map_fusion', ['map_fusion', 'none'], 'What the image net\'s output is '
+                    'relative to. none: the papers\' sigmoid(net(z)). map_fusion: sigmoid(net(z) + '
+                    'logit(B)), B = bicubic of the fusion by the decision maps, so the net fits the '
+                    'correction to B (--output_bias unused).')
   flags.DEFINE_enum('stop', 'auto', ['auto', 'fixed'], 'auto: end each stage when its result has '
                     'converged (no ground truth: the EMA image changes by less than --stop_tol per '
                     '--stop_window steps, twice in a row, after --stop_min_iters); --iters and '
@@ -130,7 +134,7 @@ def config_from_flags(f) -> FusionConfig:
              strided_conv=f.strided_conv)
   return FusionConfig(
       scale=f.scale, iters=f.iters, mask_iters=f.mask_iters, lr=f.lr, mask_lr=f.mask_lr,
-      input_type=f.input_type, output_bias=f.output_bias,
+      input_type=f.input_type, output_bias=f.output_bias, output_base=f.output_base,
       doublereblur=DoubleReblurParams.parse(f.doublereblur, rule=f.doublereblur_rule),
       image_net=NetConfig(channels, channels, skip, **net),
       mask_net=NetConfig(channels, channels, mask_skip, **net),

@@ -1,5 +1,6 @@
 """Tests of the one-scene pipeline dfp_jax.fuse: shapes, partitions, determinism, errors, memory."""
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,15 +65,44 @@ def test_output_bias_starts_the_net_at_the_inputs_mean_colour():
   mean = np.asarray(x, np.float64).mean(axis=(0, 1, 2))
   first = {}
   for mode in ('mean', 'zero'):
-    state, problem = fusion.init_main_state(jax.random.key(0), x, maps, config=CFG.replace(output_bias=mode))
+    cfg = CFG.replace(output_base='none', output_bias=mode)
+    state, problem = fusion.init_main_state(jax.random.key(0), x, maps, config=cfg)
     bias = np.asarray(state.params['params']['head']['bias'], np.float64)
     if mode == 'mean':
       np.testing.assert_allclose(1 / (1 + np.exp(-bias)), mean, rtol=1e-5)  # sigmoid(bias) = mean.
     else:
       np.testing.assert_array_equal(bias, 0.0)
-    out = fusion.main_stage(CFG.replace(output_bias=mode), 3).net.apply(state.params, problem['z'])
+    out = fusion.main_stage(cfg, 3).net.apply(state.params, problem['z'])
     first[mode] = float(np.abs(np.asarray(out).mean(axis=(0, 1)) - mean).max())
   assert first['mean'] < 0.5 * first['zero'], first  # The first output starts near the mean colour.
+
+
+@pytest.mark.parametrize('scale', [1, 2])
+def test_output_base_starts_the_net_at_the_map_fusion(scale):
+  """output_base='map_fusion': the first output is close to B = bicubic(sum_i M_i X_i) (OpenCV's
+  bicubic as the reference), the head's bias is zero, and the loss and output use sigmoid(net + logit B)."""
+  a, b = _pair(32, 32, seed=6)
+  x = jnp.stack([jnp.asarray(a), jnp.asarray(b)])
+  left = np.arange(32)[None, :] < 13
+  maps = jnp.asarray(np.stack([left, ~left]).astype(np.float32) * np.ones((32, 1), np.float32))
+  fused = np.where(left[..., None], a, b)
+  ref = fused if scale == 1 else np.clip(
+      cv2.resize(fused, (32 * scale, 32 * scale), interpolation=cv2.INTER_CUBIC), 0, 1)
+  cfg = CFG.replace(scale=scale, output_base='map_fusion')
+  np.testing.assert_allclose(np.asarray(fusion.output_base(x, maps, cfg)), ref, atol=2e-5)
+  state, problem = fusion.init_main_state(jax.random.key(0), x, maps, config=cfg)
+  np.testing.assert_array_equal(np.asarray(state.params['params']['head']['bias']), 0.0)
+  stage = fusion.main_stage(cfg, 3)
+  first = np.asarray(fusion.image_output(stage.net.apply(state.params, problem['z']), problem, cfg))
+  _, (_, out) = stage.loss_fn(state.params, problem)
+  np.testing.assert_allclose(np.asarray(out), first, atol=1e-6)  # The loss sees the same image.
+  err_base = np.abs(first - ref).mean()
+  plain_cfg = CFG.replace(scale=scale, output_base='none')
+  state0, problem0 = fusion.init_main_state(jax.random.key(0), x, maps, config=plain_cfg)
+  plain = np.asarray(fusion.main_stage(plain_cfg, 3).net.apply(state0.params, problem0['z']))
+  assert err_base < 0.05 and err_base < 0.25 * np.abs(plain - ref).mean(), (err_base, np.abs(plain - ref).mean())
+  r = dfp_jax.fuse([a, b], config=cfg.replace(mask_iters=0, iters=8), progress=None)
+  assert r.fused.shape == (32 * scale, 32 * scale, 3) and 0 <= r.fused.min() and r.fused.max() <= 1
 
 
 def test_bit_identical_for_same_key_and_different_for_other_key():
@@ -118,7 +148,7 @@ def test_validate_images_errors(images, match):
 
 def test_config_rejects_bad_values():
   for bad in (dict(scale=3), dict(iters=0), dict(input_type='zeros'), dict(output='best'),
-              dict(loop='while'), dict(output_bias='one')):
+              dict(loop='while'), dict(output_bias='one'), dict(output_base='bicubic')):
     with pytest.raises(ValueError):
       FusionConfig(**bad)
 
