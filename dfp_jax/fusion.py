@@ -2,8 +2,10 @@
 
   1. DoubleReblur decision maps on the luma of the N low-resolution inputs (`focus.decision_maps`).
   2. Decision embedding (optional): the mask SKIPnet cleans the maps (`embedding`).
-  3. Fusion prior: the image SKIPnet maps z (bicubic x s of the inputs' mean, or noise) to the HR image;
-     the Lanczos-2 downsampling of its output is compared with the inputs by the DFP losses.
+  3. Fusion prior: the image SKIPnet maps z (bicubic x s of the inputs' mean, or noise) to the HR image,
+     relative to the bicubic of the fusion by the maps (`output_base='map_fusion'`, default:
+     sigmoid(net(z) + logit(B))) or on its own (`'none'`, the papers': sigmoid(net(z))); the Lanczos-2
+     downsampling of the output is compared with the inputs by the DFP losses.
   4. The result is the EMA (or last) of the outputs: no ground truth is ever used.
 
 `fuse` is the notebook entry point: arrays in, a `FusionResult` out, no file I/O and no printing (it

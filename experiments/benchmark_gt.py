@@ -138,7 +138,9 @@ def main(argv):
         sc = score(img, gt_s)
         rows.append({'case': case, 'num_planes': n, 'scale': s, 'method': method,
                      'planes': planes.tolist(), 'lr_size': list(lr.shape[1:3]), **sc,
-                     **({'seconds': dfp_s, 'iters': cfg.iters, 'mask_iters': cfg.mask_iters}
+                     **({'seconds': dfp_s, 'iters': cfg.iters, 'mask_iters': cfg.mask_iters,
+                         'main_steps': result.timings['main_steps'],  # Run (--stop=auto may end early).
+                         'mask_steps': result.timings.get('mask_steps', 0)}
                         if method == 'dfp' else {})})
         image_io.write_image(os.path.join(FLAGS.bench_dir, f'{case}_{method.replace("+", "_")}.png'), img)
       sheet = viz.side_by_side(

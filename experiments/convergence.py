@@ -41,7 +41,8 @@ from dfp_jax import viz
 from dfp_jax.config import FusionConfig
 import bench_scene
 
-# --scale, --iters, --mask_iters, --lr, --mask_lr, --output_bias, --json and --plot are bench_scene.py's.
+# --scale, --iters, --mask_iters, --lr, --mask_lr, --output_bias, --output_base, --json and --plot are
+# bench_scene.py's.
 flags.DEFINE_string('scene', bench_scene.DEFAULT_SCENES[0], 'name=lightfield_folder@y:x:h:w, as '
                     'bench_scene.py --scenes.')
 flags.DEFINE_integer('dip_iters', 3000, 'DIP steps.')
@@ -95,7 +96,8 @@ def main(argv):
   del argv
   name, lr, gt, planes = bench_scene.build_case(FLAGS.scene, FLAGS.scale)
   config = FusionConfig(scale=FLAGS.scale, iters=FLAGS.iters, mask_iters=FLAGS.mask_iters, stop='fixed',
-                        lr=FLAGS.lr, mask_lr=FLAGS.mask_lr, output_bias=FLAGS.output_bias)
+                        lr=FLAGS.lr, mask_lr=FLAGS.mask_lr, output_bias=FLAGS.output_bias,
+                        output_base=FLAGS.output_base)
   dfp, raw = dfp_curve(lr, gt, config, FLAGS.every)
   dip = dip_curve(lr, raw, gt, config, FLAGS.dip_iters, FLAGS.every)
   summary = {}

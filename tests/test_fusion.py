@@ -105,6 +105,21 @@ def test_output_base_starts_the_net_at_the_map_fusion(scale):
   assert r.fused.shape == (32 * scale, 32 * scale, 3) and 0 <= r.fused.min() and r.fused.max() <= 1
 
 
+def test_fuse_measures_the_output_from_the_embedded_maps():
+  """With the decision embedding on, B is built from the embedded maps (not the raw DoubleReblur ones),
+  for N = 3 grey inputs at x4 as for pairs."""
+  a, b = _pair(32, 32, c=1, seed=7)
+  c = np.where(np.arange(32)[None, :, None] < 8, a, b)
+  cfg = CFG.replace(scale=4, mask_iters=3, iters=1, output='last')
+  r = dfp_jax.fuse([a, b, c], config=cfg, key=jax.random.key(2), progress=None)
+  assert r.fused.shape == (128, 128, 1)
+  x = jnp.stack([jnp.asarray(v) for v in (a, b, c)])
+  b_emb = np.asarray(fusion.output_base(x, jnp.asarray(r.decision_maps), cfg))
+  b_raw = np.asarray(fusion.output_base(x, jnp.asarray(r.decision_maps_raw), cfg))
+  assert np.abs(b_emb - b_raw).mean() > 0.01  # The embedding changed the maps (else nothing is tested).
+  assert np.abs(r.fused - b_emb).mean() < 0.5 * np.abs(r.fused - b_raw).mean()
+
+
 def test_bit_identical_for_same_key_and_different_for_other_key():
   a, b = _pair(seed=3)
   r1 = dfp_jax.fuse([a, b], config=CFG, key=jax.random.key(7), progress=None)
