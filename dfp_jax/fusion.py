@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dfp_jax import baselines
 from dfp_jax import embedding
 from dfp_jax import focus
 from dfp_jax import losses
@@ -71,6 +72,15 @@ def min_input_size(config: FusionConfig) -> int:
   return max(n for n, _ in input_size_needs(config))
 
 
+def size_shortfall(config: FusionConfig, height: int, width: int) -> str | None:
+  """None if inputs of height x width are large enough for `config`, else what is needed and why."""
+  m = min_input_size(config)
+  if min(height, width) >= m:
+    return None
+  why = '; '.join(r for n, r in input_size_needs(config) if n > min(height, width))
+  return f'each side must be at least {m} pixels ({why})'
+
+
 def validate_images(images, config: FusionConfig, names: Sequence[str] | None = None) -> jnp.ndarray:
   """Checks and stacks N >= 2 images [H, W, C] in [0, 1] into [N, H, W, C] float32.
 
@@ -95,11 +105,9 @@ def validate_images(images, config: FusionConfig, names: Sequence[str] | None = 
     if im.shape[2] != ref[2]:
       raise InputError(f'{name}: {im.shape[2]} channel(s) but {names[0]} has {ref[2]}; convert them to '
                        'the same colour mode (the CLI does this with a warning)')
-  m = min_input_size(config)
-  if ref[0] < m or ref[1] < m:
-    why = '; '.join(r for n, r in input_size_needs(config) if n > min(ref[:2]))
-    raise InputError(f'{names[0]}: {ref[0]}x{ref[1]} is too small: each side must be at least {m} pixels '
-                     f'({why})')
+  short = size_shortfall(config, ref[0], ref[1])
+  if short:
+    raise InputError(f'{names[0]}: {ref[0]}x{ref[1]} is too small: {short}')
   return jnp.asarray(np.stack(images).astype(np.float32))
 
 
@@ -203,10 +211,7 @@ BASE_EPS = 1e-3
 def output_base(images: jnp.ndarray, maps: jnp.ndarray, config: FusionConfig) -> jnp.ndarray:
   """The base image B [sH, sW, C] of output_base='map_fusion': the fusion of the inputs [N, H, W, C] by
   the binary decision maps [N, H, W] (sum_i M_i X_i), bicubic x s, clipped to [0, 1]."""
-  fused = jnp.sum(maps[..., None].astype(images.dtype) * images, axis=0)
-  if config.scale == 1:
-    return fused
-  return jnp.clip(resample.bicubic_upsample(fused, config.scale), 0.0, 1.0)
+  return baselines.upsample(baselines.decision_map_fusion(images, maps), config.scale, 'bicubic')
 
 
 def image_output(net_out: jnp.ndarray, problem, config: FusionConfig) -> jnp.ndarray:
@@ -261,6 +266,20 @@ def final_output(state: optimize.TrainState, config: FusionConfig, channels: int
 
 
 decision_maps_jit = jax.jit(focus.decision_maps, static_argnums=1)
+
+
+def decision_embedding(key, images: jnp.ndarray, raw_maps: jnp.ndarray, config: FusionConfig,
+                       progress: optimize.ProgressFn | None = None):
+  """The decision-embedding stage of one scene: (maps [N, H, W], optimize.StageReport), or the raw maps
+  and None when config.mask_iters == 0. The maps are what the main stage's losses (and, with
+  output_base='map_fusion', its base) use."""
+  if config.mask_iters == 0:
+    return raw_maps, None
+  stage = mask_stage(config, images.shape[0])
+  state, problem = call_one_off(init_mask_state, key, images, raw_maps, config=config)
+  state, report = optimize.run_stage(stage, state, problem, config.mask_iters, config.chunk_size,
+                                     progress, loop=config.loop, stop=config.stop_rule('mask'))
+  return embedded_maps(state, config=config, num_inputs=images.shape[0]), report
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -369,13 +388,8 @@ def fuse(images, scale: int | None = None, config: FusionConfig = FusionConfig()
                timings['doublereblur_s'])
 
   history = {}
-  maps = raw_maps
-  if config.mask_iters > 0:
-    stage = mask_stage(config, n)
-    state, problem = call_one_off(init_mask_state, k_mask, x, raw_maps, config=config)
-    state, report = optimize.run_stage(stage, state, problem, config.mask_iters, config.chunk_size,
-                                       progress, loop=config.loop, stop=config.stop_rule('mask'))
-    maps = embedded_maps(state, config=config, num_inputs=n)
+  maps, report = decision_embedding(k_mask, x, raw_maps, config, progress)
+  if report is not None:
     history['mask'] = report.history
     timings.update(mask_s=report.seconds, mask_compile_s=report.compile_seconds,
                    mask_steps_per_s=report.steps_per_second, mask_steps=report.steps)

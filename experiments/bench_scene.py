@@ -93,16 +93,10 @@ def fixed_curve(lr, gt, config: FusionConfig):
   rule = optimize.StopRule(config.stop_tol, config.stop_window, config.stop_min_iters,
                            config.stop_patience)
   x = fusion.validate_images(lr, config)
-  n, _, _, c = x.shape
+  c = x.shape[-1]
   k_mask, k_main = jax.random.split(jax.random.key(0))
   raw = fusion.decision_maps_jit(x, config.doublereblur)
-  maps = raw  # --mask_iters=0: the raw maps, as fuse() does.
-  if config.mask_iters > 0:
-    stage = fusion.mask_stage(config, n)
-    state, problem = fusion.call_one_off(fusion.init_mask_state, k_mask, x, raw, config=config)
-    state, _ = optimize.run_stage(stage, state, problem, config.mask_iters, config.chunk_size, None,
-                                  loop=config.loop)
-    maps = fusion.embedded_maps(state, config=config, num_inputs=n)
+  maps, _ = fusion.decision_embedding(k_mask, x, raw, config)
   stage = fusion.main_stage(config, c)
   state, problem = fusion.call_one_off(fusion.init_main_state, k_main, x, maps, config=config)
   rows, previous, streak, stop_at = [], None, 0, None

@@ -214,11 +214,10 @@ def run_lightfield(f) -> int:
   # 1. Views (cropped, downsampled) and the original-resolution centre view (the reference).
   lf = lightfield.load_light_field(folder, crop=crop, downsample=ds)
   h, w, c = lf.image_shape
-  m = fusion.min_input_size(config)
-  if min(h, w) < m:
-    why = '; '.join(r for n, r in fusion.input_size_needs(config) if n > min(h, w))
+  short = fusion.size_shortfall(config, h, w)
+  if short:
     raise errors.InputError(f'{folder}: the processed views are {h}x{w} (after --crop / --lf_downsample); '
-                            f'each side must be at least {m} pixels ({why})')
+                            f'{short}')
   center_name = lf.names[int(lf.center_index)]
   center_full, center_info = image_io.read_image(os.path.join(folder, center_name))
   view_size = center_full.shape[:2]
