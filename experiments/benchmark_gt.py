@@ -8,7 +8,8 @@ Methods, on the same inputs: DFP; the bicubic upsampling of the average of the i
 upsampling of the Laplacian-pyramid fusion (Burt & Adelson, max-abs detail, `baselines`); the bicubic
 upsampling of the fusion by the DoubleReblur maps alone (the maps DFP starts from, `--doublereblur_rule`);
 the same with the papers' threshold rule when DFP uses another (`decision_map_threshold+bicubic`, for
-reference); the best single slice (bicubic).
+reference) and, for N > 2, with the kd box window of the argmax rule (`decision_map_box+bicubic`, the
+rule before `--doublereblur_argmax_sigma`); the best single slice (bicubic).
 
   python experiments/benchmark_gt.py --lightfield=../shared/data/lightfield/hci_dino_33views \
       --scales=1,2 --json=outputs/benchmark_gt.json
@@ -130,6 +131,10 @@ def main(argv):
         paper = dataclasses.replace(cfg.doublereblur, rule='threshold')
         outs['decision_map_threshold+bicubic'] = np.asarray(baselines.upsample(
             baselines.decision_map_fusion(jnp.asarray(lr), focus.decision_maps(jnp.asarray(lr), paper)), s))
+      if n > 2 and cfg.doublereblur.argmax_sigma > 0:  # The N > 2 rule's kd box window, for reference.
+        box = dataclasses.replace(cfg.doublereblur, argmax_sigma=0.0)
+        outs['decision_map_box+bicubic'] = np.asarray(baselines.upsample(
+            baselines.decision_map_fusion(jnp.asarray(lr), focus.decision_maps(jnp.asarray(lr), box)), s))
       slices = {i: score(np.asarray(baselines.upsample(jnp.asarray(x), s)), gt_s) for i, x in enumerate(lr)}
       best = max(slices, key=lambda i: slices[i]['PSNR'])
       outs['best_slice+bicubic'] = np.asarray(baselines.upsample(jnp.asarray(lr[best]), s))

@@ -54,6 +54,10 @@ def define_flags():
                     'DoubleReblur: compare = where the first input\'s second-reblur response (box mean '
                     'over kd) is at least the second\'s (no threshold; t unused); threshold = the '
                     'papers\' s > t (t is absolute: scene-dependent).')
+  flags.DEFINE_float('doublereblur_argmax_sigma', 3.0, 'N > 2 inputs: sigma (pixels at the input size) of '
+                     'the Gaussian window each input\'s focus measure is averaged over before the argmax '
+                     'that makes the decision maps; 0 = the kd x kd box (the rule before this flag). Not '
+                     'used for N = 2.')
   flags.DEFINE_float('lr', 1e-3, 'Adam learning rate of the main stage.')
   flags.DEFINE_float('mask_lr', 1e-3, 'Adam learning rate of the decision embedding.')
   flags.DEFINE_integer('seed', 0, 'Seed of the PRNG key (network init, noise input).')
@@ -135,7 +139,8 @@ def config_from_flags(f) -> FusionConfig:
   return FusionConfig(
       scale=f.scale, iters=f.iters, mask_iters=f.mask_iters, lr=f.lr, mask_lr=f.mask_lr,
       input_type=f.input_type, output_bias=f.output_bias, output_base=f.output_base,
-      doublereblur=DoubleReblurParams.parse(f.doublereblur, rule=f.doublereblur_rule),
+      doublereblur=DoubleReblurParams.parse(f.doublereblur, rule=f.doublereblur_rule,
+                                             argmax_sigma=f.doublereblur_argmax_sigma),
       image_net=NetConfig(channels, channels, skip, **net),
       mask_net=NetConfig(channels, channels, mask_skip, **net),
       weights=LossWeights(*weights), output=f.output_average, chunk_size=f.chunk_size,

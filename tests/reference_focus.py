@@ -136,9 +136,10 @@ def params_kwargs(params) -> dict:
               wiener_eps=params.wiener_eps, lowpass_sigma=params.lowpass_sigma, rule=params.rule)
 
 
-def focus_measures(lumas, kg=5, kd=3, radius=5, wiener_eps=1e-2, lowpass_sigma=0.25) -> np.ndarray:
-  """[N, H, W]: input i's second-reblur response against the mean of the other inputs, box-averaged
-  over kd x kd (cv2.blur, BORDER_REFLECT_101)."""
+def focus_measures(lumas, kg=5, kd=3, radius=5, wiener_eps=1e-2, lowpass_sigma=0.25, sigma=0.0) -> np.ndarray:
+  """[N, H, W]: input i's second-reblur response against the mean of the other inputs, averaged over a
+  Gaussian of `sigma` (cv2.GaussianBlur with its own size rule) or, with sigma 0, over a kd x kd box
+  (cv2.blur); BORDER_REFLECT_101 either way."""
   lumas = np.asarray(lumas, np.float64)
   out = []
   for i in range(lumas.shape[0]):
@@ -146,7 +147,10 @@ def focus_measures(lumas, kg=5, kd=3, radius=5, wiener_eps=1e-2, lowpass_sigma=0
     kernel = kernel_estimate(lumas[i], others, radius, wiener_eps, lowpass_sigma)
     _, d1 = first_reblur(lumas[i], kernel)
     s = second_reblur(d1, kg)
-    out.append(cv2.blur(s, (kd, kd), borderType=cv2.BORDER_REFLECT_101))
+    if sigma > 0:
+      out.append(cv2.GaussianBlur(s, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101))
+    else:
+      out.append(cv2.blur(s, (kd, kd), borderType=cv2.BORDER_REFLECT_101))
   return np.stack(out)
 
 

@@ -92,6 +92,7 @@ def files(tmp_path_factory):
     ('twice', 'given twice'),
     ('modes', 'give either --input_dir (a folder of scenes, batch mode) or --inputs, not both'),
     ('dr_kernel', 'at least 99 pixels (--doublereblur kernels kg,kd,ke = 5,99,3)'),
+    ('argmax_sigma', 'DoubleReblur argmax sigma must be >= 0, got -1.0'),
     ('memory', 'huge.png: 4000x4000 at x4 needs about'),
     ('positional', 'unexpected positional arguments'),
     ('enum', 'flag --doublereblur_rule=otsu: value should be one of <compare|threshold>'),
@@ -115,6 +116,7 @@ def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
       'outdir_foreign': [f'--inputs={a},{b}'],  # `out` holds keep.txt, which this tool did not write.
       'modes': [f'--inputs={a},{b}', f'--input_dir={files["dir"]}'],
       'dr_kernel': [f'--inputs={a},{b}', '--doublereblur=5,99,3,0.01,1'],
+      'argmax_sigma': [f'--inputs={a},{b}', '--doublereblur_argmax_sigma=-1'],
       'twice': [f'--inputs={a},{b},{files["dir"]}/../{os.path.basename(files["dir"])}/a.png'],
       'memory': [f'--inputs={files["huge"]},{files["huge2"]}', '--scale=4',
                  '--channels=8,16,32,64,128', '--skip_channels=4,4,4,4,4', '--mask_skip_channels=0,0,0,4,4'],
@@ -138,12 +140,12 @@ def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
 def test_doublereblur_rule_flag_reaches_the_config(rule):
   code = ('import sys; from absl import flags; from experiments import cli; cli.define_flags(); '
           'f = flags.FLAGS; f(sys.argv); p = cli.config_from_flags(f).doublereblur; '
-          'print(p.rule, p.as_list())')
+          'print(p.rule, p.as_list(), p.argmax_sigma)')
   r = subprocess.run([sys.executable, '-c', code, 'x', f'--doublereblur_rule={rule}',
-                      '--doublereblur=3,5,5,0.02,0'], cwd=ROOT, capture_output=True, text=True,
-                     timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+                      '--doublereblur=3,5,5,0.02,0', '--doublereblur_argmax_sigma=1.5'], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert r.returncode == 0, r.stderr[-2000:]
-  assert r.stdout.split('\n')[0] == f'{rule} [3, 5, 5, 0.02, 0]'
+  assert r.stdout.split('\n')[0] == f'{rule} [3, 5, 5, 0.02, 0] 1.5'
 
 
 @pytest.mark.parametrize('case, match', [
