@@ -42,6 +42,7 @@ from dfp_jax import image_io
 from dfp_jax import lightfield
 from dfp_jax import metrics
 from dfp_jax import optimize
+from dfp_jax import viz
 from dfp_jax.config import FusionConfig
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,34 +128,15 @@ def clear_caches():
 
 
 def curves_figure(results) -> np.ndarray:
-  """One panel per scene: PSNR against main-stage iteration, the stop marked."""
+  """One panel per scene (`viz.line_plot`): PSNR against main-stage iteration, the stop marked."""
   panels = []
   for r in results:
     curve = r['fixed_curve']
-    steps = np.array([p['step'] for p in curve])
-    ps = np.array([p['psnr'] for p in curve])
-    w, h, m = 420, 300, 46
-    img = np.full((h, w, 3), 255, np.uint8)
-    lo, hi = np.floor(ps.min() - 0.5), np.ceil(ps.max() + 0.2)
-    def xy(s, p):
-      return (int(m + (w - m - 10) * s / steps.max()), int(h - m - (h - m - 30) * (p - lo) / (hi - lo)))
-    cv2.rectangle(img, (m, 30), (w - 10, h - m), (0, 0, 0), 1)
-    pts = np.array([xy(s, p) for s, p in zip(steps, ps)], np.int32)
-    cv2.polylines(img, [pts], False, (200, 80, 0), 2, cv2.LINE_AA)
-    if r.get('stop_at'):
-      sx, sy = xy(r['stop_at'], ps[list(steps).index(r['stop_at'])])
-      cv2.line(img, (sx, 30), (sx, h - m), (0, 0, 220), 1, cv2.LINE_AA)
-      cv2.putText(img, f'stop {r["stop_at"]}', (min(sx + 4, w - 90), 46), cv2.FONT_HERSHEY_SIMPLEX,
-                  0.45, (0, 0, 220), 1, cv2.LINE_AA)
-    cv2.putText(img, f'{r["scene"]}: PSNR (dB) vs main step', (m, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                (0, 0, 0), 1, cv2.LINE_AA)
-    for v in (lo, hi):
-      cv2.putText(img, f'{v:.0f}', (4, xy(0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    for s in (0, steps.max() // 2, steps.max()):
-      cv2.putText(img, str(int(s)), (xy(s, lo)[0] - 10, h - m + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                  (0, 0, 0), 1)
-    panels.append(img)
-  return np.concatenate(panels, axis=1)[..., ::-1]  # RGB
+    name = f'fixed run {curve[-1]["psnr"]:.2f}'
+    panels.append(viz.line_plot({name: ([p['step'] for p in curve], [p['psnr'] for p in curve])},
+                                f'{r["scene"]}: PSNR (dB) vs main step; line: --stop=auto ends',
+                                xlabel='main step', marks={name: r.get('stop_at')}, width=620, height=340))
+  return np.concatenate(panels, axis=1)  # uint8 RGB.
 
 
 def main(argv):
