@@ -306,12 +306,14 @@ def _probe_cache_path() -> str:
 
 
 def probe_key(shape, config: FusionConfig, devices) -> str:
-  """What the strategy probe's result depends on: the machine, the shapes and every setting that changes
-  the main step's program (the whole image-net configuration, the XLA:CPU kernels, the output form)."""
+  """What the strategy probe's result depends on: the machine, the shapes and the settings that change
+  the main step's cost (the whole image-net configuration, its input's width, the XLA:CPU kernels, the
+  output form). Loss weights, step counts and the EMA change values, not the program's cost."""
   devs = _devices(devices)
   return json.dumps([jax.__version__, devs[0].platform, devs[0].device_kind, len(devs), list(shape),
                      config.scale, config.compute_dtype, config.loop, config.cpu_conv, config.output_base,
-                     dataclasses.asdict(config.image_net)], default=list)
+                     config.input_type, config.noise_channels, dataclasses.asdict(config.image_net)],
+                    default=list)
 
 
 def probe_strategy(x, keys, config: FusionConfig, devices=None, group: int = 1, steps: int = 3,

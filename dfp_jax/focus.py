@@ -13,8 +13,8 @@ For two registered luma images Y_A, Y_B of one scene, DoubleReblur decides where
   3. Second (Gaussian) reblur: s = |d1 - G_kg(d1)|, sigma from OpenCV's size rule.
   4. Decision: with rule 'threshold' (the paper's), d = s > t. With rule 'compare', B's second-reblur
      response s_B is computed the same way (kernel blurring B into A, reblur of B) and d = 1 where the
-     kd x kd box mean of s_A is at least that of s_B (ties to A): the focal-stack rule below applied to
-     two inputs.
+     kd x kd box mean of s_A is at least that of s_B (ties to A): the focal-stack rule below, with its
+     box window (argmax_sigma = 0), applied to two inputs.
   5. Closing: dilate with a kd x kd square, then erode with a ke x ke square.
   6. If f = 1: keep the largest 8-connected region, then fill its holes (background pixels that are not
      4-connected to the image border become 1).
@@ -35,8 +35,9 @@ filling steps, which have no N-input counterpart, so the N-input argmax over a 3
 the HCI "dino" ground truth (five 256 x 256 regions, N = 3, 4, 5 planes; docs/benchmarks.md section 2d)
 the fusion by its map is 0.77 / 1.70 / 4.13 dB (mean over the 15 cases at x1 / x2 / x4 input size)
 below the fusion by a Gaussian sigma = 3 window, which closes 73-94% of the mean gap to a ground-truth
-oracle that picks, per 7 x 7 window, the slice closest to the truth. Sigma 3 was the best of boxes
-3-15 and Gaussians 1.5-5 on the mean over those cases at every scale, and gained in every case.
+oracle that picks, per 7 x 7 window, the slice closest to the truth. Of the windows tried (boxes 3, 7
+and 15; Gaussians of sigma 1.5, 3 and 5) sigma 3 was the best on the mean over those cases at every
+scale, and it gained in every case.
 
 Why two rules for N = 2. The paper's threshold t is absolute (luma units), so it depends on the scene's
 brightness and contrast: the authors tuned it per image (0.010-0.018), and on a low-contrast or dark
@@ -46,8 +47,8 @@ wall's in-focus slice 1.7% of the pixels where it is sharper on 53%; the map agr
 per-region oracle on 49% of the pixels, against 96% for 'compare'. 'compare' has no threshold (t is
 unused), gives the same map when both images are scaled by a common gain and nearly the same after an
 offset or a contrast change (the kernel estimate's regulariser and DC term move a little: IoU 0.98-0.99
-on the bundled pair), and is the N > 2 rule with its box window (with f = 0 and argmax_sigma = 0
-their maps are identical); the closing and the largest-region / hole-filling steps (kd, ke, f) apply
+on the bundled pair), and is the N > 2 rule with its box window (with argmax_sigma = 0 the two give
+the same map before the closing; tested); the closing and the largest-region / hole-filling steps (kd, ke, f) apply
 to its map as to the paper's. 'compare' is the default; `rule='threshold'` is the paper's rule (`--doublereblur_rule=threshold`).
 """
 
@@ -83,7 +84,7 @@ class DoubleReblurParams:
   # ties to A).
   rule: str = 'compare'
   # N > 2: sigma (pixels) of the Gaussian window each input's focus measure is averaged over before
-  # the argmax (truncated at 4 sigma, as cv2.GaussianBlur does for float images); 0: the kd x kd box.
+  # the argmax (cv2.GaussianBlur's window for float images, about +-4 sigma); 0: the kd x kd box.
   argmax_sigma: float = 3.0
 
   def __post_init__(self):
@@ -97,8 +98,8 @@ class DoubleReblurParams:
       raise ValueError(f'DoubleReblur f must be 0 or 1, got {self.f}')
     if self.radius < 1:
       raise ValueError(f'DoubleReblur kernel radius must be >= 1, got {self.radius}')
-    if not self.argmax_sigma >= 0:
-      raise ValueError(f'DoubleReblur argmax sigma must be >= 0, got {self.argmax_sigma}')
+    if not (self.argmax_sigma >= 0 and np.isfinite(self.argmax_sigma)):
+      raise ValueError(f'DoubleReblur argmax sigma must be a finite number >= 0, got {self.argmax_sigma}')
     if self.rule not in RULES:
       raise ValueError(f"DoubleReblur rule must be one of {RULES}, got '{self.rule}'")
 
@@ -252,8 +253,9 @@ def double_reblur(y_a: jnp.ndarray, y_b: jnp.ndarray,
 
 
 def argmax_window_size(sigma: float) -> int:
-  """Side of the Gaussian window of the N-input argmax (cv2.GaussianBlur's rule for float images)."""
-  return 2 * int(np.floor(4.0 * sigma + 0.5)) + 1
+  """Side of the Gaussian window of the N-input argmax: cv2.GaussianBlur's rule for float images with
+  ksize (0, 0), cvRound(8 sigma + 1) | 1 (tested against OpenCV's impulse response)."""
+  return int(np.rint(8.0 * sigma + 1.0)) | 1
 
 
 def focus_window(s: jnp.ndarray, params: DoubleReblurParams) -> jnp.ndarray:

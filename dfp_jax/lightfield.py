@@ -198,7 +198,7 @@ def _read_view(path: str) -> np.ndarray:
   raise UnreadableViewError(f'{path}: unsupported pixel type {image.dtype}')
 
 
-def _area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
+def area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
   """Block mean over factor x factor blocks of [H, W, C]; H, W must be multiples of factor.
 
   Equals cv2.resize(..., interpolation=cv2.INTER_AREA) for an integer factor.
@@ -384,7 +384,7 @@ def load_light_field(folder: str, *, crop: tuple[int, int, int, int] | None = No
     if downsample > 1:
       h2 = image.shape[0] // downsample * downsample
       w2 = image.shape[1] // downsample * downsample
-      image = _area_downsample(image[:h2, :w2], downsample)
+      image = area_downsample(image[:h2, :w2], downsample)
     views.append(image)
   logging.info('%s: %d views (%s naming), centre %s, view size %s', folder, len(views), scheme,
                center, views[0].shape)

@@ -6,18 +6,19 @@ field with an all-in-focus centre view (HCI naming): for each region, N and scal
 stack as `benchmark_gt.py` does (shift-and-add at N automatically chosen planes, area downsampling by the
 scale), makes the argmax map with each window, fuses the stack by it (no network: the map's own
 quality at the input size) and scores the fusion against the centre view downsampled the same way.
-Next to the windows: a ground-truth oracle that picks, per 7 x 7 window, the slice closest to the truth
-(an upper bound for any selection rule at that granularity).
+Next to the windows, for reference: a ground-truth oracle that picks, per 7 x 7 window, the slice with
+the smallest squared error to the truth (not a strict upper bound: a rule can beat it where the best
+slice changes within a window).
 
   python experiments/argmax_window.py --json=docs/results/argmax_window_hci.json \
       --sheet=docs/results/argmax_window_hci.png
 
-Prints a table per case and the mean / worst gain of each window over the kd = 3 box; writes JSON rows.
+Prints a line per case and the mean / worst gain of each window over the first box of --boxes (3 x 3,
+the rule before --doublereblur_argmax_sigma); writes JSON rows.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
@@ -43,14 +44,17 @@ flags.DEFINE_string('lightfield', '../shared/data/lightfield/hci_dino_33views',
 flags.DEFINE_list('regions', ['128:128', '0:0', '256:256', '0:256', '256:0'],
                   'Top-left corners y:x of the square regions scored.')
 flags.DEFINE_integer('region_size', 256, 'Side of each region (pixels of the views).')
-flags.DEFINE_list('num_planes', ['3', '4', '5'], 'Focal-stack sizes N (N > 2: the argmax rule).')
+flags.DEFINE_list('num_planes', ['3', '4', '5'], 'Focal-stack sizes N, each at least 3 (pairs do not use '
+                  'the argmax rule).')
 flags.DEFINE_list('scales', ['1', '2', '4'], 'Area-downsampling factors (the input size of an x s case).')
-flags.DEFINE_list('sigmas', ['0', '1.5', '3', '5'], 'Gaussian window sigmas; 0 is the kd x kd box.')
-flags.DEFINE_list('boxes', ['3', '7', '15'], 'Box window sizes kd (with sigma 0).')
+flags.DEFINE_list('sigmas', ['1.5', '3', '5'], 'Gaussian window sigmas (pixels at the input size, > 0).')
+flags.DEFINE_list('boxes', ['3', '7', '15'], 'Box window sizes kd (argmax_sigma 0); the first is the '
+                  'reference the gains are measured from.')
 flags.DEFINE_integer('oracle_window', 7, 'Window of the ground-truth oracle selection.')
 flags.DEFINE_string('json', None, 'Write the rows as JSON here.')
-flags.DEFINE_string('sheet', None, 'Write a picture here: for the first region at x1, one row per N with '
-                    'the index maps of the 3 x 3 box, of the default window and of the oracle, and the truth.')
+flags.DEFINE_string('sheet', None, 'Write a picture here: for the first region at the smallest scale, one '
+                    'row per N with the index maps of the reference box, of the default window and of the '
+                    'oracle, and the truth.')
 
 
 def regions(items) -> list[tuple[int, int]]:
@@ -60,23 +64,20 @@ def regions(items) -> list[tuple[int, int]]:
     raise app.UsageError(f'--regions needs y:x corners, got {",".join(items)}') from None
 
 
-def area_downsample(image: np.ndarray, s: int) -> np.ndarray:
-  if s == 1:
-    return image
-  h, w = image.shape[:2]
-  return cv2.resize(image, (w // s, h // s), interpolation=cv2.INTER_AREA).reshape(h // s, w // s, -1)
-
-
 def psnr(x, gt) -> float:
   return float(metrics.gt_metrics(jnp.asarray(x), jnp.asarray(gt))['PSNR'])
 
 
 def windows() -> dict[str, focus.DoubleReblurParams]:
-  out = {}
-  for k in (int(v) for v in FLAGS.boxes):
-    out[f'box {k}'] = focus.DoubleReblurParams(kd=k, argmax_sigma=0.0)
-  for sg in (float(v) for v in FLAGS.sigmas if float(v) > 0):
-    out[f'gauss {sg:g}'] = focus.DoubleReblurParams(argmax_sigma=sg)
+  """name -> parameters of each window to score, the reference box first."""
+  try:
+    boxes, sigmas = [int(v) for v in FLAGS.boxes], [float(v) for v in FLAGS.sigmas]
+  except ValueError:
+    raise app.UsageError('--boxes needs integers and --sigmas numbers') from None
+  if not boxes or min(boxes) < 1 or any(not sg > 0 for sg in sigmas):
+    raise app.UsageError('--boxes needs at least one size >= 1, and every --sigmas value must be > 0')
+  out = {f'box {k}': focus.DoubleReblurParams(kd=k, argmax_sigma=0.0) for k in boxes}
+  out.update({f'gauss {sg:g}': focus.DoubleReblurParams(argmax_sigma=sg) for sg in sigmas})
   return out
 
 
@@ -84,6 +85,10 @@ def main(argv):
   del argv
   size = FLAGS.region_size
   cases = windows()
+  ref = next(iter(cases))
+  if any(int(n) < 3 for n in FLAGS.num_planes):
+    raise app.UsageError('--num_planes: every N must be at least 3 (pairs use DoubleReblur\'s own steps)')
+  sheet_scale = min(int(v) for v in FLAGS.scales)
   maps_fn = jax.jit(focus.decision_maps, static_argnums=1)
   rows = []
   sheet_rows = []
@@ -95,8 +100,9 @@ def main(argv):
       planes = lightfield.choose_focal_planes(lf, n).disparities
       stack_full = np.clip(np.asarray(lightfield.focal_stack(lf, jnp.asarray(planes))), 0, 1)
       for s in (int(v) for v in FLAGS.scales):
-        stack = np.stack([area_downsample(v, s) for v in stack_full])
-        gt = area_downsample(gt_full, s)
+        hs, ws = (size // s) * s, (size // s) * s
+        stack = np.stack([lightfield.area_downsample(v[:hs, :ws], s) for v in stack_full])
+        gt = lightfield.area_downsample(gt_full[:hs, :ws], s)
         err = np.stack([cv2.blur(e, (FLAGS.oracle_window,) * 2) for e in ((stack - gt) ** 2).mean(-1)])
         oracle = jax.nn.one_hot(err.argmin(0), n, axis=0)
         row = {'region': [y, x, size, size], 'num_planes': n, 'scale': s,
@@ -107,16 +113,15 @@ def main(argv):
           maps = maps_fn(jnp.asarray(stack), params)
           row['psnr'][name] = psnr(baselines.decision_map_fusion(jnp.asarray(stack), maps), gt)
         rows.append(row)
-        if FLAGS.sheet and s == 1 and not any(r['region'] != row['region'] for r in rows):
+        if FLAGS.sheet and s == sheet_scale and not any(r['region'] != row['region'] for r in rows):
           index = lambda maps: np.asarray(lightfield.index_map_image(lightfield.index_map(maps), n))
-          box = maps_fn(jnp.asarray(stack), dataclasses.replace(default, argmax_sigma=0.0))
-          tiles = [index(box), index(maps_fn(jnp.asarray(stack), default)), index(oracle), gt]
+          tiles = [index(maps_fn(jnp.asarray(stack), cases[ref])), index(maps_fn(jnp.asarray(stack), default)),
+                   index(oracle), gt]
           sheet_rows.append(viz.side_by_side(tiles, [
-              f'N={n}: box {default.kd}x{default.kd}', f'Gaussian sigma {default.argmax_sigma:g} (default)',
+              f'N={n} x{s}: {ref}', f'Gaussian sigma {default.argmax_sigma:g} (default)',
               f'oracle {FLAGS.oracle_window}x{FLAGS.oracle_window}', 'centre view (truth)']))
         print(f'region {y},{x} N={n} x{s}: ' + '  '.join(f'{k} {v:.2f}' for k, v in row['psnr'].items()),
               flush=True)
-  ref = 'box 3'
   names = list(rows[0]['psnr'])
   lines = ['| scale | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
   summary = {}

@@ -176,18 +176,21 @@ def test_probe_picks_a_measured_strategy_and_caches_it(scenes, tmp_path):
   assert batch.probe_strategy(x, keys, cfg, group=2, steps=1, cache_path=cache) == (best, rates)
 
 
-
 def test_probe_cache_key_covers_what_changes_the_step():
-  """A cached probe result is reused only for the same step program: settings that change it (XLA:CPU
-  kernels, output form, any image-net field) give a new key; those that do not (step counts) keep it."""
+  """A cached probe result is reused only for the same step cost: settings that change it (XLA:CPU
+  kernels, output form, the net's input width, any image-net field) give a new key; those that do not
+  (step counts) keep it."""
   shape = (2, 16, 16, 3, 2, True)
   key = batch.probe_key(shape, CFG, None)
-  changed = [CFG.replace(cpu_conv='ynnpack'), CFG.replace(output_base='none'), CFG.replace(scale=1),
+  no_skips = (0,) * len(CFG.image_net.channels_skip)
+  changed = [CFG.replace(cpu_conv='ynnpack'), CFG.replace(output_base='none'),
+             CFG.replace(input_type='noise'), CFG.replace(input_type='noise', noise_channels=8),
              CFG.replace(image_net=dataclasses.replace(CFG.image_net, upsample='nearest')),
-             CFG.replace(image_net=dataclasses.replace(CFG.image_net, channels_skip=(0,) * len(CFG.image_net.channels_skip)))]
-  keys = [batch.probe_key(shape, c, None) for c in changed] + [batch.probe_key((3,) + shape[1:], CFG, None)]
+             CFG.replace(image_net=dataclasses.replace(CFG.image_net, channels_skip=no_skips))]
+  keys = [batch.probe_key(shape, c, None) for c in changed]
   assert len(set(keys + [key])) == len(keys) + 1
   assert batch.probe_key(shape, CFG.replace(iters=7, mask_iters=3), None) == key
+
 
 MULTI_DEVICE_SCRIPT = textwrap.dedent('''
     import sys, numpy as np, jax

@@ -92,7 +92,7 @@ def files(tmp_path_factory):
     ('twice', 'given twice'),
     ('modes', 'give either --input_dir (a folder of scenes, batch mode) or --inputs, not both'),
     ('dr_kernel', 'at least 99 pixels (--doublereblur kernels kg,kd,ke = 5,99,3)'),
-    ('argmax_sigma', 'DoubleReblur argmax sigma must be >= 0, got -1.0'),
+    ('argmax_sigma', 'DoubleReblur argmax sigma must be a finite number >= 0, got -1.0'),
     ('memory', 'huge.png: 4000x4000 at x4 needs about'),
     ('positional', 'unexpected positional arguments'),
     ('enum', 'flag --doublereblur_rule=otsu: value should be one of <compare|threshold>'),

@@ -524,16 +524,38 @@ def test_decision_maps_partition(n):
     _assert_argmax_matches_reference(maps, images[..., 0])
 
 
-@pytest.mark.parametrize('sigma', [3.0, 1.5, 0.0])
+@pytest.mark.parametrize('sigma', [3.0, 1.5, 1.1, 2.85, 0.0])
 def test_focus_measures_n3_match_reference(sigma):
   """The N-input measures against the float64 OpenCV reference: Gaussian windows (cv2.GaussianBlur,
-  BORDER_REFLECT_101) and, with sigma 0, the kd box (cv2.blur)."""
+  BORDER_REFLECT_101; a window two taps short is off by ~1.7e-6 here) and, with sigma 0, the kd box
+  (cv2.blur)."""
   images, _ = _focal_stack(3)
   lumas = images[..., 0]
   params = focus.DoubleReblurParams(argmax_sigma=sigma)
   measures = np.asarray(_focus_measures(jnp.asarray(lumas), params))
   expected = ref.focus_measures(lumas, kg=params.kg, kd=params.kd, sigma=sigma)
-  np.testing.assert_allclose(measures, expected, rtol=0, atol=2e-6)
+  np.testing.assert_allclose(measures, expected, rtol=0, atol=5e-7 if sigma > 0 else 2e-6)
+
+
+def test_argmax_window_size_is_opencvs():
+  """The window side equals the support of cv2.GaussianBlur's impulse response (float32, ksize 0)."""
+  for sigma in np.round(np.arange(0.05, 8.0, 0.05), 2):
+    impulse = np.zeros((1, 201), np.float32)
+    impulse[0, 100] = 1.0
+    response = cv2.GaussianBlur(impulse, (0, 0), float(sigma), borderType=cv2.BORDER_CONSTANT)
+    assert focus.argmax_window_size(float(sigma)) == int((response[0] > 0).sum()), sigma
+
+
+def test_two_input_maps_do_not_use_the_argmax_window():
+  """N = 2 goes through DoubleReblur's own steps: the N > 2 window leaves its maps unchanged."""
+  images, _ = _focal_stack(2)
+  noisy = np.clip(images + 0.05 * np.random.default_rng(1).standard_normal(images.shape), 0, 1)
+  noisy = jnp.asarray(noisy.astype(np.float32))
+  for rule in focus.RULES:
+    maps = [np.asarray(_decision_maps(noisy, focus.DoubleReblurParams(rule=rule, argmax_sigma=sg)))
+            for sg in (0.0, 3.0, 5.0)]
+    np.testing.assert_array_equal(maps[0], maps[1])
+    np.testing.assert_array_equal(maps[0], maps[2])
 
 
 def test_argmax_window_is_what_the_maps_use():
@@ -551,8 +573,9 @@ def test_argmax_window_is_what_the_maps_use():
   assert (np.argmax(maps_box, 0) == stripe[None, :]).mean() < 0.9
   _assert_argmax_matches_reference(maps_gauss, noisy[..., 0], PARAMS)
   _assert_argmax_matches_reference(maps_box, noisy[..., 0], box)
-  with pytest.raises(ValueError, match='argmax sigma'):
-    focus.DoubleReblurParams(argmax_sigma=-1.0)
+  for bad in (-1.0, float('inf'), float('nan')):
+    with pytest.raises(ValueError, match='argmax sigma'):
+      focus.DoubleReblurParams(argmax_sigma=bad)
 
 
 def test_decision_maps_n3_on_real_rgb():
