@@ -109,14 +109,16 @@ def main(argv):
                'planes': np.asarray(planes).tolist(), 'input_size': list(stack.shape[1:3]),
                'psnr': {f'oracle {FLAGS.oracle_window}': psnr(baselines.decision_map_fusion(
                    jnp.asarray(stack), oracle), gt)}}
-        for name, params in cases.items():
-          maps = maps_fn(jnp.asarray(stack), params)
-          row['psnr'][name] = psnr(baselines.decision_map_fusion(jnp.asarray(stack), maps), gt)
+        maps = {name: maps_fn(jnp.asarray(stack), params) for name, params in cases.items()}
+        for name, m in maps.items():
+          row['psnr'][name] = psnr(baselines.decision_map_fusion(jnp.asarray(stack), m), gt)
         rows.append(row)
         if FLAGS.sheet and s == sheet_scale and not any(r['region'] != row['region'] for r in rows):
-          index = lambda maps: np.asarray(lightfield.index_map_image(lightfield.index_map(maps), n))
-          tiles = [index(maps_fn(jnp.asarray(stack), cases[ref])), index(maps_fn(jnp.asarray(stack), default)),
-                   index(oracle), gt]
+          index = lambda m: np.asarray(lightfield.index_map_image(lightfield.index_map(m), n))
+          default_maps = maps.get(f'gauss {default.argmax_sigma:g}')
+          if default_maps is None:  # The default window is not among --sigmas.
+            default_maps = maps_fn(jnp.asarray(stack), default)
+          tiles = [index(maps[ref]), index(default_maps), index(oracle), gt]
           sheet_rows.append(viz.side_by_side(tiles, [
               f'N={n} x{s}: {ref}', f'Gaussian sigma {default.argmax_sigma:g} (default)',
               f'oracle {FLAGS.oracle_window}x{FLAGS.oracle_window}', 'centre view (truth)']))

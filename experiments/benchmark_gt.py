@@ -127,14 +127,15 @@ def main(argv):
           'laplacian_pyramid+bicubic': np.asarray(baselines.upsample(
               baselines.laplacian_pyramid_fusion(jnp.asarray(lr)), s)),
       }
+      def map_fusion_with(**changes):  # The bicubic of the fusion by maps of other DoubleReblur settings.
+        params = dataclasses.replace(cfg.doublereblur, **changes)
+        return np.asarray(baselines.upsample(baselines.decision_map_fusion(
+            jnp.asarray(lr), focus.decision_maps(jnp.asarray(lr), params)), s))
+
       if n == 2 and cfg.doublereblur.rule != 'threshold':  # N > 2 always uses the argmax rule.
-        paper = dataclasses.replace(cfg.doublereblur, rule='threshold')
-        outs['decision_map_threshold+bicubic'] = np.asarray(baselines.upsample(
-            baselines.decision_map_fusion(jnp.asarray(lr), focus.decision_maps(jnp.asarray(lr), paper)), s))
+        outs['decision_map_threshold+bicubic'] = map_fusion_with(rule='threshold')
       if n > 2 and cfg.doublereblur.argmax_sigma > 0:  # The N > 2 rule's kd box window, for reference.
-        box = dataclasses.replace(cfg.doublereblur, argmax_sigma=0.0)
-        outs['decision_map_box+bicubic'] = np.asarray(baselines.upsample(
-            baselines.decision_map_fusion(jnp.asarray(lr), focus.decision_maps(jnp.asarray(lr), box)), s))
+        outs['decision_map_box+bicubic'] = map_fusion_with(argmax_sigma=0.0)
       slices = {i: score(np.asarray(baselines.upsample(jnp.asarray(x), s)), gt_s) for i, x in enumerate(lr)}
       best = max(slices, key=lambda i: slices[i]['PSNR'])
       outs['best_slice+bicubic'] = np.asarray(baselines.upsample(jnp.asarray(lr[best]), s))
