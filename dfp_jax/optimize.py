@@ -156,6 +156,18 @@ class StopRule:
   min_steps: int = 200
   patience: int = 2
 
+  def stop_step(self, changes) -> int | None:
+    """Where this rule ends a stage whose checks gave `changes` [(step, change)] (host scalars, in
+    order; e.g. a fixed run's trajectory): the first step at which `patience` checks in a row, each
+    at or after `min_steps`, are below `tol`; None if it never does. `run_stage` applies the same test
+    as it goes."""
+    streak = 0
+    for step, change in changes:
+      streak = streak + 1 if (step >= self.min_steps and change < self.tol) else 0
+      if streak >= self.patience:
+        return step
+    return None
+
 
 @dataclasses.dataclass
 class StageReport:

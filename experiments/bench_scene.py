@@ -100,7 +100,7 @@ def fixed_curve(lr, gt, config: FusionConfig):
   maps, _ = fusion.decision_embedding(k_mask, x, raw, config)
   stage = fusion.main_stage(config, c)
   state, problem = fusion.call_one_off(fusion.init_main_state, k_main, x, maps, config=config)
-  rows, previous, streak, stop_at = [], None, 0, None
+  rows, previous = [], None
   t0 = time.perf_counter()
   for done in range(rule.window, config.iters + 1, rule.window):
     state, _ = optimize.run_stage(stage, state, problem, rule.window, rule.window, None,
@@ -111,13 +111,10 @@ def fixed_curve(lr, gt, config: FusionConfig):
     row = {'step': done, 'psnr': psnr(out, gt), 'seconds': time.perf_counter() - t0}
     if previous is not None:
       row['change'] = float(change)
-      streak = streak + 1 if (done >= rule.min_steps and float(change) < rule.tol) else 0
-      if streak >= rule.patience and stop_at is None:
-        stop_at = done
     previous = current
     rows.append(row)
     logging.info('fixed curve: step %d PSNR %.2f change %s', done, row['psnr'], row.get('change'))
-  return rows, stop_at, out
+  return rows, rule.stop_step([(r['step'], r['change']) for r in rows if 'change' in r]), out
 
 
 def clear_caches():

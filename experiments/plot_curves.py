@@ -1,9 +1,14 @@
-"""Overlays the PSNR-per-step curves of several `bench_scene.py` JSON files, one panel per scene.
+"""Overlays the PSNR-per-step curves of several `bench_scene.py` JSON files, one panel per scene, and
+tabulates what other stop thresholds would have done on the same trajectories.
 
   python experiments/plot_curves.py --json=a.json,b.json --labels=none,map_fusion --out=curves.png
+  python experiments/plot_curves.py --json=a.json --tols=1e-4,2e-4,4e-4 --tols_json=tols.json
 
 Each curve is the fixed run's PSNR of the result (EMA) against the ground truth every window; a
-vertical line of the curve's colour shows where `--stop=auto` ends on that trajectory.
+vertical line of the curve's colour shows where `--stop=auto` ends on that trajectory. `--tols` replays
+the stop rule (`optimize.StopRule`, the window, minimum steps and patience of the run's own
+configuration) with each threshold on the recorded changes: where it would end the main stage, and
+the PSNR there against the fixed run's last step. No optimisation is re-run.
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ from absl import flags
 import numpy as np
 
 from dfp_jax import image_io
+from dfp_jax import optimize
 from dfp_jax import viz
 
 flags.DEFINE_list('json', None, 'bench_scene.py JSON files.', required=True)
 flags.DEFINE_list('labels', None, 'One label per file (default: the file names).')
-flags.DEFINE_string('out', None, 'PNG to write.', required=True)
+flags.DEFINE_string('out', None, 'PNG of the curves to write.')
+flags.DEFINE_list('tols', [], 'Stop thresholds (--stop_tol values) to replay on the recorded '
+                  'trajectories; prints a table.')
+flags.DEFINE_string('tols_json', None, 'Write the --tols table here as JSON rows.')
 FLAGS = flags.FLAGS
 
 def panel(scene: str, curves: list, labels: list) -> np.ndarray:
@@ -38,19 +47,54 @@ def panel(scene: str, curves: list, labels: list) -> np.ndarray:
                        xlabel='main step', marks=marks, width=620, height=340)
 
 
+def replay_tols(run: dict, label: str, tols: list) -> list:
+  """One row per (scene, threshold): where the run's stop rule with that threshold ends the main
+  stage on the recorded trajectory, and the PSNR there against the trajectory's last step."""
+  cfg = run['config']
+  rows = []
+  for res in run['results']:
+    curve = res['fixed_curve']
+    changes = [(p['step'], p['change']) for p in curve if 'change' in p]
+    for tol in tols:
+      rule = optimize.StopRule(tol, cfg['stop_window'], cfg['stop_min_iters'], cfg['stop_patience'])
+      step = rule.stop_step(changes)
+      at = next((p for p in curve if p['step'] == step), curve[-1])
+      rows.append({'run': label, 'scene': res['scene'], 'tol': tol, 'stop_step': step,
+                   'last_step': curve[-1]['step'], 'psnr_at_stop': at['psnr'],
+                   'psnr_last': curve[-1]['psnr'], 'psnr_change': at['psnr'] - curve[-1]['psnr']})
+  return rows
+
+
 def main(argv):
   del argv
+  if not FLAGS.out and not FLAGS.tols:
+    raise app.UsageError('nothing to do: give --out (the figure) and/or --tols (the table)')
   runs = [json.load(open(p)) for p in FLAGS.json]
   labels = FLAGS.labels or [os.path.basename(p) for p in FLAGS.json]
   if len(labels) != len(runs):
     raise app.UsageError('--labels needs one label per --json file')
-  scenes = [r['scene'] for r in runs[0]['results']]
-  panels = []
-  for scene in scenes:
-    curves = [next(r for r in run['results'] if r['scene'] == scene) for run in runs]
-    panels.append(panel(scene, curves, labels))
-  image_io.write_image(FLAGS.out, np.concatenate(panels, axis=1))  # uint8 RGB.
-  print(f'wrote {FLAGS.out}')
+  try:
+    tols = [float(t) for t in FLAGS.tols]
+  except ValueError:
+    raise app.UsageError(f'--tols must be numbers, got {",".join(FLAGS.tols)}') from None
+  if FLAGS.out:
+    scenes = [r['scene'] for r in runs[0]['results']]
+    panels = []
+    for scene in scenes:
+      curves = [next(r for r in run['results'] if r['scene'] == scene) for run in runs]
+      panels.append(panel(scene, curves, labels))
+    image_io.write_image(FLAGS.out, np.concatenate(panels, axis=1))  # uint8 RGB.
+    print(f'wrote {FLAGS.out}')
+  if tols:
+    rows = [row for run, label in zip(runs, labels) for row in replay_tols(run, label, tols)]
+    print('\n| run | scene | --stop_tol | ends at main step | PSNR there | change vs last step |')
+    print('|---|---|---|---|---|---|')
+    for r in rows:
+      end = r['stop_step'] if r['stop_step'] is not None else f'no stop ({r["last_step"]})'
+      print(f'| {r["run"]} | {r["scene"]} | {r["tol"]:g} | {end} | {r["psnr_at_stop"]:.2f} | '
+            f'{r["psnr_change"]:+.3f} |')
+    if FLAGS.tols_json:
+      image_io.write_json(FLAGS.tols_json, rows)
 
 
 if __name__ == '__main__':

@@ -105,3 +105,26 @@ def test_robustness_table_collects_dfp_rows_of_every_run(tmp_path):
   assert [(x['run'], x['PSNR'], x['RMG'], x['REI']) for x in rows] == [
       ('default', 30.0, 0.5, None), ('robust_no_joint_grad', 29.5, 0.5, None)]
   assert '| robust_no_joint_grad | s | x2 | 29.50 | 0.9000 | 0.5000 |' in r.stdout
+
+
+def test_plot_curves_replays_stop_thresholds_on_a_recorded_trajectory(tmp_path):
+  # A trajectory whose change per window halves from 8e-4. The rule (2 checks in a row below the
+  # threshold, from step 100): 2.5e-4 -> checks 200 and 250 -> ends at 250; 5e-4 -> 150 and 200 -> 200;
+  # 1e-6 never ends.
+  steps = [50, 100, 150, 200, 250, 300]
+  changes = [None, 8e-4, 4e-4, 2e-4, 1e-4, 5e-5]
+  psnr = [30.0, 31.0, 31.5, 31.8, 31.9, 32.0]
+  curve = [dict({'step': s, 'psnr': p}, **({} if c is None else {'change': c}))
+           for s, p, c in zip(steps, psnr, changes)]
+  run = {'config': {'stop_window': 50, 'stop_min_iters': 100, 'stop_patience': 2},
+         'results': [{'scene': 'a', 'fixed_curve': curve, 'stop_at': None}]}
+  (tmp_path / 'run.json').write_text(json.dumps(run))
+  r = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'plot_curves.py'),
+                      f'--json={tmp_path / "run.json"}', '--labels=x', '--tols=2.5e-4,5e-4,1e-6',
+                      f'--tols_json={tmp_path / "t.json"}'], capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0, r.stderr
+  rows = json.loads((tmp_path / 't.json').read_text())
+  assert [(x['tol'], x['stop_step'], x['psnr_at_stop']) for x in rows] == [
+      (2.5e-4, 250, 31.9), (5e-4, 200, 31.8), (1e-6, None, 32.0)]
+  assert abs(rows[0]['psnr_change'] - (31.9 - 32.0)) < 1e-9
+  assert '| x | a | 0.0005 | 200 | 31.80 | -0.200 |' in r.stdout

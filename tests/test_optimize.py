@@ -370,3 +370,26 @@ def test_stop_rule_respects_min_steps_and_config():
   assert cfg.replace(stop='fixed').stop_rule('main') is None
   with pytest.raises(ValueError, match='stop'):
     config_lib.FusionConfig(stop='sometimes')
+
+
+def test_stop_step_replays_the_rule_run_stage_applied():
+  stage = _quad_stage(ema_decay=0.5)
+  rule = optimize.StopRule(tol=1e-3, window=5, min_steps=20, patience=2)
+  state, problem = _quad_init(stage)
+  _, report = optimize.run_stage(stage, state, problem, 400, progress=None, loop='python', stop=rule)
+  assert report.stopped_early
+  assert rule.stop_step(report.changes) == report.steps
+  # A stricter threshold never ends on the same checks (they stop at the looser rule's end).
+  assert rule.__class__(tol=1e-12, window=5, min_steps=20, patience=2).stop_step(report.changes) is None
+
+
+def test_stop_step_needs_patience_checks_in_a_row_after_min_steps():
+  rule = optimize.StopRule(tol=1.0, window=50, min_steps=200, patience=2)
+  low, high = 0.5, 2.0
+  # Below the threshold from the start, but checks before min_steps do not count.
+  assert rule.stop_step([(100, low), (150, low), (200, low), (250, low)]) == 250
+  # A check above the threshold resets the streak.
+  assert rule.stop_step([(200, low), (250, high), (300, low), (350, low)]) == 350
+  # Equal to the threshold is not below it; never twice in a row -> None.
+  assert rule.stop_step([(200, 1.0), (250, low), (300, high), (350, low)]) is None
+  assert optimize.StopRule(tol=1.0, min_steps=0, patience=1).stop_step([(50, low)]) == 50
