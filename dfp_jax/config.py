@@ -1,8 +1,12 @@
 """The resolved configuration of one DFP run: a frozen, hashable dataclass (no flags in the library).
 
 `experiments/run.py` converts its absl flags into a `FusionConfig` once; library functions take it as
-an argument. Defaults are the papers' (DFP_METHOD.md): x2, 500 mask steps, 1000 main steps, Adam 1e-3,
-loss weights 1 / 0.5 / 0.1, DoubleReblur [5, 3, 3, 0.01, 1].
+an argument. The method's defaults are the papers' (DFP_METHOD.md): x2, 500 mask steps, 1000 main steps,
+Adam 1e-3, loss weights 1 / 0.5 / 0.1, DoubleReblur [5, 3, 3, 0.01, 1]. Four defaults deliberately differ
+from the papers, each measured in docs/benchmarks.md and each with a flag value that restores the
+papers' behaviour: the DoubleReblur `compare` rule (section 2a''), the output relative to the map fusion
+(`output_base`, 5c), the head bias at the inputs' mean colour (`output_bias`, 5b) and the convergence
+stop (`stop='auto'`, 5; `iters` is then a maximum).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ OUTPUT_BIASES = ('mean', 'zero')
 OUTPUT_BASES = ('map_fusion', 'none')
 CPU_CONVS = ('eigen', 'ynnpack')
 # XLA:CPU (jax 0.10) sends convolutions, dots and reductions to YNNPACK by default. 'eigen' keeps
-# YNNPACK for dots and reductions only: its convolution kernels are 3-5x slower than XLA's Eigen ones
-# for this network's narrow, odd channel counts (docs/benchmarks.md, section 3).
+# YNNPACK for dots and reductions only: its convolution kernels are 1.3-5x slower than XLA's Eigen ones
+# for this network's narrow, odd channel counts (whole main steps 1.17-1.46x; docs/benchmarks.md 3a).
 _CPU_CONV_OPTIONS = {
     'eigen': (('xla_cpu_experimental_ynn_fusion_type',
                'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'),),
@@ -61,7 +65,8 @@ class FusionConfig:
   weights: LossWeights = LossWeights()  # alpha, beta, gamma (and per-input lambda).
   output: str = 'ema'  # Result: 'ema' of the iterates' outputs (image and embedded maps), or 'last'.
   ema_decay: float = 0.99  # Decay of that EMA.
-  chunk_size: int = 50  # Steps per compiled lax.scan call (progress is reported between chunks).
+  chunk_size: int = 50  # Steps per chunk (one host sync; one lax.scan call on accelerators) with
+  # stop='fixed'; stop='auto' uses stop_window. Progress is reported between chunks, at most every 10 s.
   compute_dtype: str = 'float32'  # Convolution compute dtype ('bfloat16' for accelerators).
   # Convolution kernels of the step programs on XLA:CPU: 'eigen' (XLA's own) or 'ynnpack' (XLA's
   # default in jax 0.10); ignored on other backends. Same maths, different rounding.

@@ -452,7 +452,8 @@ def estimate_memory(height: int, width: int, num_inputs: int, channels: int,
                     config: FusionConfig) -> dict:
   """Estimated peak device memory (bytes) of each stage for one scene of N inputs [H, W, C].
 
-  Returns {'mask': bytes, 'main': bytes, 'peak': bytes, 'bytes_per_output_pixel': ...}.
+  Returns {'mask': bytes, 'main': bytes, 'peak': bytes (the larger stage), 'host_peak': bytes (what a
+  CPU process adds to its resident set: HOST_FACTOR x peak), 'bytes_per_output_pixel': ...}.
   """
   s = config.scale
   act_bytes = 2 if config.compute_dtype == 'bfloat16' else 4

@@ -1,4 +1,5 @@
-"""The per-scene optimisation loop: pure jitted steps, run as `lax.scan` in chunks.
+"""The per-scene optimisation loop: pure jitted steps, run in chunks (`lax.scan` on accelerators,
+Python-dispatched steps on CPU: `resolve_loop`).
 
 A `Stage` bundles what is static about one optimisation (the loss function, the optax optimiser, the
 EMA decay). Everything that changes is a pytree:

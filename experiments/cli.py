@@ -95,12 +95,14 @@ def define_flags():
                     'stride-2 convolutions are computed: as a stride-1 convolution on the space-to-depth '
                     'input (faster on XLA:CPU) or directly. Same parameters, same result up to rounding.')
   # Runtime.
-  flags.DEFINE_integer('chunk_size', 50, 'Steps between progress reports / host syncs.')
+  flags.DEFINE_integer('chunk_size', 50, 'Steps per chunk (one host sync each; the program a '
+                       "lax.scan loop compiles) with --stop=fixed; --stop=auto uses --stop_window instead. "
+                       'Progress lines come at most every 10 s, between chunks.')
   flags.DEFINE_enum('loop', 'auto', ['auto', 'scan', 'python'], 'Step loop: lax.scan chunks, jitted '
                     'steps dispatched from Python, or auto (python on CPU, scan on accelerators).')
   flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16'], 'Convolution compute dtype.')
   flags.DEFINE_enum('cpu_conv', 'eigen', ['eigen', 'ynnpack'], 'Convolution kernels on XLA:CPU: eigen '
-                    '(XLA\'s own; 1.25-1.45x faster steps for this network) or ynnpack (XLA\'s default '
+                    '(XLA\'s own; main steps 1.17-1.46x faster for this network) or ynnpack (XLA\'s default '
                     'in jax 0.10). Ignored on GPU/TPU.')
   flags.DEFINE_bool('check_memory', True, 'Refuse inputs whose estimated memory exceeds what is free.')
   flags.DEFINE_bool('compilation_cache', True, 'Use JAX\'s persistent compilation cache, so later runs '

@@ -25,7 +25,9 @@ comparison.png, summary.json), plus
   index_map.png             which slice each pixel of the final decision maps takes, with a legend
                             (a coarse depth map);
   comparison_center.png     the centre view (resized to the output size if needed), the bicubic of the
-                            stack average, and DFP.
+                            stack average, and DFP;
+  contact_sheet.png         the focal-stack slices, the index map, DFP and the decision maps on one
+                            sheet.
 With --lf_downsample equal to --scale the output has the original view resolution and summary.json gets
 "center_view_scores": PSNR/SSIM of DFP and the baselines against the original-resolution centre view.
 The centre view is a true all-in-focus answer only for rendered light fields (HCI); for a real capture

@@ -128,3 +128,21 @@ def test_plot_curves_replays_stop_thresholds_on_a_recorded_trajectory(tmp_path):
       (2.5e-4, 250, 31.9), (5e-4, 200, 31.8), (1e-6, None, 32.0)]
   assert abs(rows[0]['psnr_change'] - (31.9 - 32.0)) < 1e-9
   assert '| x | a | 0.0005 | 200 | 31.80 | -0.200 |' in r.stdout
+
+
+def test_bench_step_writes_a_list_of_rows_with_issue_6_keys(tmp_path):
+  out = tmp_path / 'step.json'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  r = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'bench_step.py'), '--sizes=32',
+                      '--scales=2', '--stages=mask', '--steps=1', '--repeats=1', '--cpu_convs=eigen',
+                      '--strided_convs=direct', f'--json={out}'], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = json.loads(out.read_text())
+  assert isinstance(rows, list) and len(rows) == 1
+  row = rows[0]
+  assert (row['lr_size'], row['scale'], row['stage'], row['cpu_conv'], row['strided_conv']) == (
+      32, 2, 'mask', 'eigen', 'direct')
+  assert row['step_s'] > 0 and row['gflops'] > 0 and row['compile_s'] > 0 and row['compile_cached_s'] > 0
+  assert row['backend'] == 'cpu' and 'jax' in row['versions'] and row['process_peak_rss_bytes'] > 2**20
+  assert '| 32 | x2 | mask |' in r.stdout
