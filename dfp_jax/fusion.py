@@ -557,8 +557,16 @@ def check_memory(height: int, width: int, num_inputs: int, channels: int, config
     else:
       hi = mid
   h2, w2 = int(height * lo), int(width * lo)
-  raise MemoryBudgetError(
-      f'{name}: {height}x{width} at x{config.scale} needs about {est[key] / 2**30:.1f} GiB but only '
-      f'{available / 2**30:.1f} GiB is available; the largest input of this shape that fits is about '
-      f'{h2}x{w2} (crop or downsample the inputs, lower --scale, or use --compute_dtype=bfloat16 on an '
-      'accelerator)')
+  if size_shortfall(config, h2, w2):  # Nothing usable fits: the budget is below the runtime's needs.
+    fits = (f'no input of this shape fits (each side must be at least {min_input_size(config)} pixels); '
+            'free some memory first')
+  else:
+    fits = (f'the largest input of this shape that fits is about {h2}x{w2} (crop or downsample the '
+            'inputs, lower --scale, or use --compute_dtype=bfloat16 on an accelerator)')
+  raise MemoryBudgetError(f'{name}: {height}x{width} at x{config.scale} needs about '
+                          f'{_human_bytes(est[key])} but only {_human_bytes(available)} is available; {fits}')
+
+
+def _human_bytes(n: float) -> str:
+  """'1.5 GiB' from 1 GiB up, else '37 MiB'."""
+  return f'{n / 2**30:.1f} GiB' if n >= 2**30 else f'{n / 2**20:.0f} MiB'

@@ -20,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from typing import Sequence
 
@@ -141,6 +143,10 @@ def load_inputs(paths: Sequence[str]) -> tuple[list[np.ndarray], list[ImageInfo]
   Mixed grey and colour inputs: the grey ones are converted to colour (R = G = B) with a warning, so
   the scene fuses in colour. Different sizes are refused (the images must be registered).
   """
+  empty = [i + 1 for i, p in enumerate(paths) if not os.fspath(p).strip()]
+  if empty:
+    raise InputError(f'input {empty[0]} of {len(paths)} is an empty path (two commas in a row, or a '
+                     f'trailing comma, in --inputs?): {",".join(map(os.fspath, paths))}')
   if len(paths) < 2:
     raise InputError(f'need at least 2 input images, got {len(paths)}: {", ".join(paths) or "none"}')
   seen = {}
@@ -304,6 +310,70 @@ def check_replaceable(output_dir: str, protect: Sequence[str] = ()) -> None:
                      'another --output_dir)')
 
 
+def check_output_dir(output_dir: str, protect: Sequence[str] = ()) -> None:
+  """Raises InputError unless a run can write its results to `output_dir`: not a file, no file in the
+  way of creating it, replaceable (`check_replaceable`), and its nearest existing ancestor writable.
+  Cheap and without side effects, so entry points call it before any work (`StagingDir` checks again)."""
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise InputError(f'{output_dir}: exists and is not a folder')
+  parent = os.path.dirname(os.path.abspath(os.fspath(output_dir)))
+  blocker = _file_in_path(parent)
+  if blocker:
+    raise InputError(f'{output_dir}: cannot create the output folder: {blocker} is a file, not a folder')
+  check_replaceable(output_dir, protect)
+  existing = parent
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise InputError(f'{output_dir}: cannot write the output folder ({existing} is not writable)')
+
+
+# Staging folders are named .<name>.tmp-<host>-<pid>-<random> (and .old- while the previous result is
+# being replaced), so that a later run can tell those of a run that was killed (kill -9, power loss).
+_STAGING_NAME = re.compile(r'\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[A-Za-z0-9_]+')
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True  # Someone else's process.
+  return True
+
+
+def remove_stale_staging(output_dir: str) -> list:
+  """Removes the staging folders of `output_dir` left by runs on this host that no longer exist;
+  returns their paths. Folders of live processes, of other hosts, or of the older unnamed kind are
+  left alone. If the output folder is missing and a dead run left an `.old-` folder (it was killed
+  between moving the previous result aside and moving the new one in), nothing is removed: the
+  previous result is in there, and a warning says where."""
+  output_dir = os.path.abspath(os.fspath(output_dir))
+  parent, prefix = os.path.dirname(output_dir), '.' + os.path.basename(output_dir)
+  try:
+    names = os.listdir(parent)
+  except OSError:
+    return []
+  host, stale = socket.gethostname(), []
+  for name in names:
+    m = _STAGING_NAME.fullmatch(name[len(prefix):]) if name.startswith(prefix) else None
+    if m and m['host'] == host and not _pid_alive(int(m['pid'])):
+      stale.append(os.path.join(parent, name))
+  if not os.path.exists(output_dir) and any('.old-' in os.path.basename(p) for p in stale):
+    logging.warning('%s is missing and an interrupted run left %s: the previous result may be there; '
+                    'nothing was removed', output_dir, ', '.join(stale))
+    return []
+  for p in stale:
+    shutil.rmtree(p, ignore_errors=True)
+    logging.warning('removed %s, left by an interrupted run', p)
+  return stale
+
+
+def _staging_prefix(output_dir: str, kind: str) -> str:
+  return f'.{os.path.basename(output_dir)}.{kind}-{socket.gethostname()}-{os.getpid()}-'
+
+
 class StagingDir:
   """Writes a run's outputs into a temporary sibling folder, moved into place on success.
 
@@ -321,15 +391,11 @@ class StagingDir:
     """`protect`: paths (the inputs) that must not lie inside `output_dir`."""
     self.output_dir = os.path.abspath(os.fspath(output_dir))
     parent = os.path.dirname(self.output_dir)
-    if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
-      raise InputError(f'{output_dir}: exists and is not a folder')
-    blocker = _file_in_path(parent)
-    if blocker:
-      raise InputError(f'{output_dir}: cannot create the output folder: {blocker} is a file, not a folder')
-    check_replaceable(output_dir, protect)
+    check_output_dir(output_dir, protect)
+    remove_stale_staging(self.output_dir)
     try:
       os.makedirs(parent, exist_ok=True)
-      self.path = tempfile.mkdtemp(prefix='.' + os.path.basename(self.output_dir) + '.tmp-', dir=parent)
+      self.path = tempfile.mkdtemp(prefix=_staging_prefix(self.output_dir, 'tmp'), dir=parent)
       os.chmod(self.path, 0o777 & ~_umask())
     except OSError as e:
       raise InputError(f'{output_dir}: cannot write the output folder ({e.strerror or e})') from None
@@ -347,7 +413,7 @@ class StagingDir:
   def commit(self) -> None:
     old = None
     if os.path.exists(self.output_dir):
-      old = tempfile.mkdtemp(prefix='.' + os.path.basename(self.output_dir) + '.old-',
+      old = tempfile.mkdtemp(prefix=_staging_prefix(self.output_dir, 'old'),
                              dir=os.path.dirname(self.output_dir))
       os.rmdir(old)
       os.rename(self.output_dir, old)

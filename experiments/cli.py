@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging as std_logging
 import os
 import platform
 import shlex
@@ -154,6 +155,9 @@ def setup_runtime(f):
   """Process-wide JAX settings: only the entry point does this."""
   # OpenCV's own warnings (e.g. libpng on a truncated file) would add lines to our one-line errors.
   cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+  # JAX's platform probing logs at INFO ("Unable to initialize backend 'tpu'") on every CPU run; its
+  # warnings (e.g. a GPU present without a CUDA jaxlib) still show.
+  std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
   if f.compilation_cache:
     try:
       os.makedirs(f.compilation_cache_dir, exist_ok=True)
@@ -244,6 +248,8 @@ def run_single(f) -> int:
   if not f.inputs:
     raise errors.InputError('no inputs: pass --inputs=a.png,b.png (2 or more images) or a --flagfile')
   images, infos = image_io.load_inputs(f.inputs)
+  # The output folder before anything starts JAX (whose start-up logs would precede the error line).
+  image_io.check_output_dir(f.output_dir, protect=[i.path for i in infos])
   h, w, c = images[0].shape
   fusion.validate_images(images, config, [i.path for i in infos])
   mem = fusion.estimate_memory(h, w, len(images), c, config)

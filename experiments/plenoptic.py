@@ -210,7 +210,7 @@ def run_lightfield(f) -> int:
     logging.warning('--planes gives %d planes: --num_planes=%d is ignored', user_planes.size,
                     f.num_planes)
   ds = f.lf_downsample
-  image_io.check_replaceable(f.output_dir, protect=[folder])  # Before any work, not after it.
+  image_io.check_output_dir(f.output_dir, protect=[folder])  # Before any work, not after it.
   t0 = time.perf_counter()
 
   # 1. Views (cropped, downsampled) and the original-resolution centre view (the reference).

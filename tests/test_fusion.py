@@ -188,6 +188,12 @@ def test_check_memory_refuses_with_estimate_and_size_that_fits():
     fusion.check_memory(2000, 3000, 2, 3, cfg, available=2 * 2 ** 30, name='big.png')
   est = fusion.check_memory(64, 64, 2, 3, cfg, available=2 * 2 ** 30)
   assert est['peak'] < 2 * 2 ** 30
+  # A budget below what any usable input needs: sizes in MiB, and no "largest input" below the minimum.
+  with pytest.raises(MemoryBudgetError) as e:
+    fusion.check_memory(64, 64, 2, 3, cfg, available=4 * 10 ** 7, name='small.png')
+  msg = str(e.value)
+  assert 'MiB but only 38 MiB is available' in msg and 'no input of this shape fits' in msg
+  assert f'at least {fusion.min_input_size(cfg)} pixels' in msg and '0x0' not in msg
 
 
 def test_memory_budget_environment_caps_the_available_memory(monkeypatch):

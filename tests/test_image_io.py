@@ -1,6 +1,9 @@
 """Tests of dfp_jax.image_io: formats, bit depths, grey/colour, errors, atomic writes."""
 
 import os
+import socket
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -216,3 +219,51 @@ def test_auto_bit_depth():
   assert image_io.auto_bit_depth([info(8), info(8)]) == 8
   assert image_io.auto_bit_depth([info(8), info(16)]) == 16
   assert image_io.auto_bit_depth([info(32), info(8)]) == 16  # Float TIFF keeps more than 8 bits.
+
+
+def test_empty_entry_in_inputs_is_named_by_position(tmp_path):
+  a, b = tmp_path / 'a.png', tmp_path / 'b.png'
+  assert cv2.imwrite(str(a), _rgb()) and cv2.imwrite(str(b), _rgb())
+  with pytest.raises(InputError, match=r'input 2 of 3 is an empty path'):
+    image_io.load_inputs([str(a), '', str(b)])
+  with pytest.raises(InputError, match=r'input 2 of 2 is an empty path'):
+    image_io.load_inputs([str(a), ' '])
+
+
+def _dead_pid() -> int:
+  p = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
+                     text=True, check=True)
+  return int(p.stdout)
+
+
+def test_staging_folders_of_killed_runs_are_removed_live_and_foreign_ones_kept(tmp_path):
+  out = tmp_path / 'out'
+  host, dead = socket.gethostname(), _dead_pid()
+  stale = tmp_path / f'.out.tmp-{host}-{dead}-abc123'
+  live = tmp_path / f'.out.tmp-{host}-{os.getpid()}-def456'  # This process: alive.
+  other_host = tmp_path / f'.out.tmp-not-{host}-{dead}-ghi789'
+  unnamed = tmp_path / '.out.tmp-jkl012'  # The older naming: cannot tell, kept.
+  for d in (stale, live, other_host, unnamed):
+    d.mkdir()
+    (d / 'fused.png').write_bytes(b'x')
+  with image_io.StagingDir(str(out)) as tmp:
+    assert f'-{os.getpid()}-' in os.path.basename(tmp)  # Its own folder is named for its process.
+    with open(os.path.join(tmp, 'a.txt'), 'w') as f:
+      f.write('a')
+  assert not stale.exists() and live.exists() and other_host.exists() and unnamed.exists()
+  assert (out / 'a.txt').exists()
+
+
+def test_stale_old_folder_with_missing_output_is_kept(tmp_path):
+  # Killed between moving the previous result aside and moving the new one in: the previous result
+  # is only in the .old- folder, so nothing is removed.
+  host, dead = socket.gethostname(), _dead_pid()
+  old = tmp_path / f'.out.old-{host}-{dead}-abc123'
+  new = tmp_path / f'.out.tmp-{host}-{dead}-def456'
+  for d in (old, new):
+    d.mkdir()
+  assert image_io.remove_stale_staging(str(tmp_path / 'out')) == []
+  assert old.exists() and new.exists()
+  (tmp_path / 'out').mkdir()  # Once the output folder exists again, both are leftovers.
+  assert sorted(image_io.remove_stale_staging(str(tmp_path / 'out'))) == sorted([str(new), str(old)])
+  assert not old.exists() and not new.exists()
