@@ -154,9 +154,8 @@ def main(argv):
       if FLAGS.timing:
         # Empty the persistent cache so that this scene's cold run compiles everything even when an
         # earlier scene had the same shapes.
-        for entry in os.listdir(cache_dir):
-          path = os.path.join(cache_dir, entry)
-          shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        shutil.rmtree(cache_dir)
+        os.makedirs(cache_dir)
         for label in ('auto_cold', 'auto_warm'):
           clear_caches()
           t0 = time.perf_counter()
