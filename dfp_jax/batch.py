@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dfp_jax import errors
 from dfp_jax import focus
 from dfp_jax import fusion
 from dfp_jax import optimize
@@ -489,7 +490,7 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
     if fit < 1:
       est = fusion.estimate_memory(h, w, n, c, config)['peak']
       for i, _ in members:
-        finish(i, BatchError(f'{names[i]}: {h}x{w} at x{config.scale} needs about {est / 2**30:.1f} GiB, '
+        finish(i, BatchError(f'{names[i]}: {h}x{w} at x{config.scale} needs about {errors.format_bytes(est)}, '
                              'more than is free on one device'))
       continue
     x_all = np.stack([x for _, x in members])  # Host memory: groups go to the device one at a time.

@@ -538,7 +538,7 @@ def check_memory(height: int, width: int, num_inputs: int, channels: int, config
                  available: int | None = None, name: str = 'inputs', headroom: float = 0.9) -> dict:
   """Raises MemoryBudgetError if the estimate exceeds `headroom` x the available memory; the message
   gives the estimate and the largest input size of the same aspect ratio that fits."""
-  from dfp_jax.errors import MemoryBudgetError  # pylint: disable=g-import-not-at-top
+  from dfp_jax.errors import MemoryBudgetError, format_bytes  # pylint: disable=g-import-not-at-top
   est = estimate_memory(height, width, num_inputs, channels, config)
   if available is None:
     available = available_memory()
@@ -564,9 +564,4 @@ def check_memory(height: int, width: int, num_inputs: int, channels: int, config
     fits = (f'the largest input of this shape that fits is about {h2}x{w2} (crop or downsample the '
             'inputs, lower --scale, or use --compute_dtype=bfloat16 on an accelerator)')
   raise MemoryBudgetError(f'{name}: {height}x{width} at x{config.scale} needs about '
-                          f'{_human_bytes(est[key])} but only {_human_bytes(available)} is available; {fits}')
-
-
-def _human_bytes(n: float) -> str:
-  """'1.5 GiB' from 1 GiB up, else '37 MiB'."""
-  return f'{n / 2**30:.1f} GiB' if n >= 2**30 else f'{n / 2**20:.0f} MiB'
+                          f'{format_bytes(est[key])} but only {format_bytes(available)} is available; {fits}')

@@ -18,6 +18,7 @@ Every problem raises `InputError` with the file's path in the message.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -313,14 +314,16 @@ def check_replaceable(output_dir: str, protect: Sequence[str] = ()) -> None:
 def check_output_dir(output_dir: str, protect: Sequence[str] = ()) -> None:
   """Raises InputError unless a run can write its results to `output_dir`: not a file, no file in the
   way of creating it, replaceable (`check_replaceable`), and its nearest existing ancestor writable.
-  Cheap and without side effects, so entry points call it before any work (`StagingDir` checks again)."""
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+  Cheap and without side effects, so entry points call it before any work (`StagingDir` checks again).
+  The checks use the absolute path (a trailing slash must not hide a file of that name)."""
+  path = os.path.abspath(os.fspath(output_dir))
+  if os.path.lexists(path) and not os.path.isdir(path):
     raise InputError(f'{output_dir}: exists and is not a folder')
-  parent = os.path.dirname(os.path.abspath(os.fspath(output_dir)))
+  parent = os.path.dirname(path)
   blocker = _file_in_path(parent)
   if blocker:
     raise InputError(f'{output_dir}: cannot create the output folder: {blocker} is a file, not a folder')
-  check_replaceable(output_dir, protect)
+  check_replaceable(path, protect)
   existing = parent
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
@@ -329,45 +332,86 @@ def check_output_dir(output_dir: str, protect: Sequence[str] = ()) -> None:
 
 
 # Staging folders are named .<name>.tmp-<host>-<pid>-<random> (and .old- while the previous result is
-# being replaced), so that a later run can tell those of a run that was killed (kill -9, power loss).
-_STAGING_NAME = re.compile(r'\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[A-Za-z0-9_]+')
+# being replaced), and their run holds an exclusive flock on each while it lives, so that a later run can
+# tell those left by a run that was killed (kill -9, power loss).
+_STAGING_NAME = re.compile(r'\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d{1,10})-[A-Za-z0-9_]+')
 
 
-def _pid_alive(pid: int) -> bool:
+def _lock_dir(path: str) -> int | None:
+  """An fd of `path` holding an exclusive flock on it (None where the file system has no locks)."""
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    os.close(fd)
+    return None
+  return fd
+
+
+def _unlock(fd: int | None) -> None:
+  if fd is not None:
+    os.close(fd)  # Closing the last fd releases the flock.
+
+
+def _left_by_dead_run(path: str, host: str, pid: int) -> bool:
+  """True only when all three say so: the folder was made on this host, its process is gone (in this
+  pid namespace) and nobody holds its lock (which also covers a live run in another pid namespace,
+  e.g. another container on the same host)."""
+  if host != socket.gethostname():
+    return False
   try:
     os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
+    return False  # Alive.
   except PermissionError:
-    return True  # Someone else's process.
+    return False  # Alive, someone else's.
+  except (ProcessLookupError, OverflowError):
+    pass
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return False
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:  # Held by a live run, or the file system cannot tell: keep it.
+    return False
+  finally:
+    os.close(fd)
   return True
 
 
 def remove_stale_staging(output_dir: str) -> list:
-  """Removes the staging folders of `output_dir` left by runs on this host that no longer exist;
-  returns their paths. Folders of live processes, of other hosts, or of the older unnamed kind are
-  left alone. If the output folder is missing and a dead run left an `.old-` folder (it was killed
-  between moving the previous result aside and moving the new one in), nothing is removed: the
-  previous result is in there, and a warning says where."""
+  """Removes the staging folders of `output_dir` left by killed runs on this host (`_left_by_dead_run`);
+  returns the paths it removed. Folders of live runs, of other hosts, or of the older unnamed kind are
+  left alone. If the output folder is missing and a dead run left an `.old-` folder (killed between
+  moving the previous result aside and moving the new one in), nothing is removed and a warning says
+  where the previous result is: rename that folder back to keep it. Once the output folder exists
+  again (a later run completed), such leftovers are removed."""
   output_dir = os.path.abspath(os.fspath(output_dir))
   parent, prefix = os.path.dirname(output_dir), '.' + os.path.basename(output_dir)
   try:
     names = os.listdir(parent)
   except OSError:
     return []
-  host, stale = socket.gethostname(), []
+  stale = []
   for name in names:
     m = _STAGING_NAME.fullmatch(name[len(prefix):]) if name.startswith(prefix) else None
-    if m and m['host'] == host and not _pid_alive(int(m['pid'])):
-      stale.append(os.path.join(parent, name))
+    path = os.path.join(parent, name)
+    if m and os.path.isdir(path) and _left_by_dead_run(path, m['host'], int(m['pid'])):
+      stale.append(path)
   if not os.path.exists(output_dir) and any('.old-' in os.path.basename(p) for p in stale):
-    logging.warning('%s is missing and an interrupted run left %s: the previous result may be there; '
-                    'nothing was removed', output_dir, ', '.join(stale))
+    logging.warning('%s is missing and an interrupted run left %s: the previous result is probably in '
+                    'the .old- folder (rename it back to keep it); nothing was removed', output_dir,
+                    ', '.join(stale))
     return []
+  removed = []
   for p in stale:
     shutil.rmtree(p, ignore_errors=True)
-    logging.warning('removed %s, left by an interrupted run', p)
-  return stale
+    if os.path.lexists(p):
+      logging.warning('could not remove %s, left by an interrupted run', p)
+    else:
+      logging.warning('removed %s, left by an interrupted run', p)
+      removed.append(p)
+  return removed
 
 
 def _staging_prefix(output_dir: str, kind: str) -> str:
@@ -396,6 +440,7 @@ class StagingDir:
     try:
       os.makedirs(parent, exist_ok=True)
       self.path = tempfile.mkdtemp(prefix=_staging_prefix(self.output_dir, 'tmp'), dir=parent)
+      self._lock = _lock_dir(self.path)  # Held until the run ends: this folder is in use.
       os.chmod(self.path, 0o777 & ~_umask())
     except OSError as e:
       raise InputError(f'{output_dir}: cannot write the output folder ({e.strerror or e})') from None
@@ -404,20 +449,36 @@ class StagingDir:
     return self.path
 
   def __exit__(self, exc_type, exc, tb):
-    if exc_type is not None:
-      shutil.rmtree(self.path, ignore_errors=True)
+    try:
+      if exc_type is not None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        return False
+      self.commit()
       return False
-    self.commit()
-    return False
+    finally:
+      _unlock(self._lock)
 
   def commit(self) -> None:
-    old = None
+    old, old_lock = None, None
     if os.path.exists(self.output_dir):
       old = tempfile.mkdtemp(prefix=_staging_prefix(self.output_dir, 'old'),
                              dir=os.path.dirname(self.output_dir))
       os.rmdir(old)
-      os.rename(self.output_dir, old)
+      old_lock = _lock_dir(self.output_dir)  # The lock moves with the folder: .old- is in use.
+      try:
+        os.rename(self.output_dir, old)
+      except OSError:
+        _unlock(old_lock)
+        raise
       logging.warning('%s existed: replaced by the new results', self.output_dir)
-    os.rename(self.path, self.output_dir)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
+    try:
+      try:
+        os.rename(self.path, self.output_dir)
+      except OSError:
+        if old is not None:
+          os.rename(old, self.output_dir)  # Put the previous result back.
+        raise
+      if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+      _unlock(old_lock)

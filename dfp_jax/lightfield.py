@@ -646,7 +646,7 @@ def check_memory(lf: LightField, max_abs_disparity: float, available: int | None
   if available is not None and need > headroom * available:
     raise errors.MemoryBudgetError(
         f'{name}: the light-field stage ({lf.num_views} views of {h}x{w}x{c}) needs about '
-        f'{need / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB is available; process a region '
+        f'{errors.format_bytes(need)} but only {errors.format_bytes(available)} is available; process a region '
         '(--crop=y,x,h,w) or downsample the views (--lf_downsample)')
   return need
 

@@ -246,7 +246,7 @@ def run_batch(f) -> int:
       images, infos = image_io.load_inputs(paths)
       fusion.validate_images(images, config, [i.path for i in infos])
       # Before the work, not after it: a scene folder holding files this tool did not write.
-      image_io.check_replaceable(os.path.join(output_dir, name), protect=paths)
+      image_io.check_output_dir(os.path.join(output_dir, name), protect=paths)
     except errors.InputError as e:
       updates[name] = _entry('failed', error=str(e), inputs=inputs_sha)
       logging.error('[batch] %s: %s', name, e)

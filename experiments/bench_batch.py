@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -33,6 +32,8 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import numpy as np
 import jax
+
+from experiments import cli
 
 flags.DEFINE_list('lr_sizes', ['64', '128'], 'Low-resolution input sizes (square).')
 flags.DEFINE_list('batches', ['1', '2', '4', '8', '16'], 'Batch sizes (scenes).')
@@ -93,7 +94,7 @@ def measure(lr_sizes, batches, scale, strategies, steps) -> list[dict]:
                      'ratio': m['scene_steps_per_s'] / loop['scene_steps_per_s'],
                      'step_s': m['step_s'], 'group': m['group'], 'compile_s': m['compile_s'],
                      'program_bytes': m['memory_bytes'],
-                     'peak_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+                     'peak_rss_bytes': cli.peak_rss_bytes()})
         print(json.dumps(rows[-1]), flush=True)
   return rows
 

@@ -22,9 +22,7 @@ issue 6's table: 0.135 s and 0.26 s at 128x128 input x2, the middles of its rang
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,6 +42,7 @@ from dfp_jax import metrics
 from dfp_jax import optimize
 from dfp_jax import viz
 from dfp_jax.config import FusionConfig
+from experiments import cli
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SCENES = [
@@ -143,19 +142,14 @@ def main(argv):
                       mask_lr=FLAGS.mask_lr, output_bias=FLAGS.output_bias,
                       output_base=FLAGS.output_base)
   results = []
-  cache_dir = tempfile.mkdtemp(prefix='dfp_bench_cache_')
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  try:
+  with cli.private_compilation_cache('dfp_bench_scene_cache_') as (empty_cache, _):
     for spec in FLAGS.scenes:
       name, lr, gt, planes = build_case(spec, FLAGS.scale)
       res = {'scene': name, 'spec': spec, 'planes': planes.tolist(), 'lr_shape': list(lr[0].shape)}
       if FLAGS.timing:
         # Empty the persistent cache so that this scene's cold run compiles everything even when an
         # earlier scene had the same shapes.
-        shutil.rmtree(cache_dir)
-        os.makedirs(cache_dir)
+        empty_cache()
         for label in ('auto_cold', 'auto_warm'):
           clear_caches()
           t0 = time.perf_counter()
@@ -175,8 +169,6 @@ def main(argv):
           next(p['psnr'] for p in curve if p['step'] == stop_at) if stop_at else None)
       res['reference_full_run_s'] = 500 * REFERENCE_STEP_S['mask'] + 2000 * REFERENCE_STEP_S['main']
       results.append(res)
-  finally:
-    shutil.rmtree(cache_dir, ignore_errors=True)
 
   print('\n| scene | fixed 500+1000: PSNR / s | auto (warm): PSNR / s / steps mask+main | auto cold s '
         '| PSNR change | speed-up vs reference full run |')

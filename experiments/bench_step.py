@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import resource
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,6 +51,7 @@ flags.DEFINE_list('strided_convs', ['space_to_depth', 'direct'], 'Stride-2 convo
 flags.DEFINE_integer('steps', 20, 'Timed steps per row (after one warm-up chunk of the same length).')
 flags.DEFINE_integer('repeats', 3, 'Timed chunks per row; the median per-step time is reported.')
 flags.DEFINE_string('json', None, 'Write the rows as JSON here.')
+CACHE = {}  # The run's private compilation cache: 'empty' and 'hits' (set by main).
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -92,13 +90,16 @@ def bench_rows(size, scale, stage_name, loop, dtype, variants, steps, repeats):
     else:
       stage = fusion.mask_stage(cfg, 2)
       state, problem = fusion.init_mask_state(jax.random.key(0), x, m, config=cfg)
+    CACHE['empty']()  # Cold: nothing cached, even if another row of this run compiled the same program.
     t0 = time.perf_counter()  # The step's compilation (compile_chunk below then reuses it).
     compiled_step = optimize.compile_with_options(stage.jit_step.lower(state, problem), stage)
     compile_s = time.perf_counter() - t0
     jax.clear_caches()  # The same program again: now read back from the persistent cache.
+    hits = CACHE['hits']()
     t0 = time.perf_counter()
     optimize.compile_with_options(stage.jit_step.lower(state, problem), stage)
     compile_cached_s = time.perf_counter() - t0
+    cache_hit = CACHE['hits']() > hits
     cost = compiled_step.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
@@ -111,7 +112,8 @@ def bench_rows(size, scale, stage_name, loop, dtype, variants, steps, repeats):
     state, terms = run(state, problem, steps)  # Warm-up.
     jax.block_until_ready(terms)
     runs.append(dict(conv=conv, strided=strided, run=run, state=state, problem=problem, flops=flops, xla_bytes=xla_bytes,
-                     est=est, compile_s=compile_s, compile_cached_s=compile_cached_s, per_step=[]))
+                     est=est, compile_s=compile_s, compile_cached_s=compile_cached_s, cache_hit=cache_hit,
+                     per_step=[]))
   for _ in range(repeats):
     for r in runs:
       t = time.perf_counter()
@@ -126,9 +128,9 @@ def bench_rows(size, scale, stage_name, loop, dtype, variants, steps, repeats):
                  'cpu_conv': r['conv'], 'strided_conv': r['strided'], 'output_size': size * scale if stage_name == 'main' else size,
                  'step_s': step_s, 'step_s_all': r['per_step'], 'gflops': r['flops'] / 1e9,
                  'gflops_per_s': r['flops'] / 1e9 / step_s, 'compile_s': r['compile_s'],
-                 'compile_cached_s': r['compile_cached_s'],
+                 'compile_cached_s': r['compile_cached_s'], 'compile_cache_hit': r['cache_hit'],
                  'xla_memory_bytes': r['xla_bytes'], 'estimated_memory_bytes': r['est'],
-                 'process_peak_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                 'process_peak_rss_bytes': cli.peak_rss_bytes(),
                  'pytorch_step_s': ref,
                  'speedup_vs_pytorch': None if ref is None else [ref[0] / step_s, ref[1] / step_s]})
   return rows
@@ -137,16 +139,11 @@ def bench_rows(size, scale, stage_name, loop, dtype, variants, steps, repeats):
 def main(argv):
   del argv
   cli.setup_runtime(FLAGS)
-  # A persistent compilation cache of this run's own, empty at the start: compile_s is a cold compile
-  # whatever earlier runs left in the user's cache, and compile_cached_s reads this one back.
-  cache_dir = tempfile.mkdtemp(prefix='dfp_bench_step_cache_')
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  try:
+  # A persistent compilation cache of this run's own: compile_s is a cold compile whatever earlier
+  # runs left in the user's cache, and compile_cached_s reads the program back from it.
+  with cli.private_compilation_cache('dfp_bench_step_cache_') as (empty, hits):
+    CACHE.update(empty=empty, hits=hits)
     rows = run_grid()
-  finally:
-    shutil.rmtree(cache_dir, ignore_errors=True)
   report(rows)
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging as std_logging
 import os
 import platform
+import resource
 import shlex
+import shutil
 import sys
+import tempfile
 
 from absl import flags
 from absl import logging
@@ -168,6 +172,42 @@ def setup_runtime(f):
       logging.warning('compilation cache disabled: cannot create %s (%s)', f.compilation_cache_dir, e)
 
 
+@contextlib.contextmanager
+def private_compilation_cache(prefix: str = 'dfp_bench_cache_'):
+  """For benchmarks: JAX's persistent compilation cache in a temporary folder of this process's own
+  (every program cached, however fast it compiled), removed on exit, so that a "cold" compile is cold
+  whatever earlier runs left in the user's cache. Yields `empty()`, which empties it again; also yields
+  `hits()`, the number of persistent-cache hits so far (JAX's monitoring event)."""
+  from jax import monitoring  # pylint: disable=g-import-not-at-top
+  folder = tempfile.mkdtemp(prefix=prefix)
+  jax.config.update('jax_compilation_cache_dir', folder)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  count = [0]
+
+  def listener(event, **kwargs):
+    del kwargs
+    if event == '/jax/compilation_cache/cache_hits':
+      count[0] += 1
+
+  monitoring.register_event_listener(listener)
+
+  def empty():
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder, exist_ok=True)
+
+  try:
+    yield empty, lambda: count[0]
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def peak_rss_bytes() -> int:
+  """This process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return int(rss) if sys.platform == 'darwin' else int(rss) * 1024
+
+
 def versions() -> dict:
   import flax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -248,13 +288,12 @@ def run_single(f) -> int:
   if not f.inputs:
     raise errors.InputError('no inputs: pass --inputs=a.png,b.png (2 or more images) or a --flagfile')
   images, infos = image_io.load_inputs(f.inputs)
-  # The output folder before anything starts JAX (whose start-up logs would precede the error line).
-  image_io.check_output_dir(f.output_dir, protect=[i.path for i in infos])
   h, w, c = images[0].shape
   fusion.validate_images(images, config, [i.path for i in infos])
   mem = fusion.estimate_memory(h, w, len(images), c, config)
   if f.check_memory:
     mem = fusion.check_memory(h, w, len(images), c, config, name=infos[0].path)
+  image_io.check_output_dir(f.output_dir, protect=[i.path for i in infos])  # Before any log or work.
   bit_depth = int(f.output_bit_depth) if f.output_bit_depth != 'auto' else image_io.auto_bit_depth(infos)
   logging.info('DFP: %d inputs of %dx%dx%d, x%d -> %dx%d; backend %s; estimated peak memory %.0f MiB',
                len(images), h, w, c, config.scale, config.scale * h, config.scale * w,

@@ -6,8 +6,8 @@ tabulates what other stop thresholds would have done on the same trajectories.
 
 Each curve is the fixed run's PSNR of the result (EMA) against the ground truth every window; a
 vertical line of the curve's colour shows where `--stop=auto` ends on that trajectory. `--tols` replays
-the stop rule (`optimize.StopRule`, the window, minimum steps and patience of the run's own
-configuration) with each threshold on the recorded changes: where it would end the main stage, and
+the stop rule (`FusionConfig.stop_rule('main')`: the window, minimum steps and patience of the
+run's own configuration) with each threshold on the recorded changes: where it would end the main stage, and
 the PSNR there against the fixed run's last step. No optimisation is re-run.
 """
 
@@ -24,8 +24,8 @@ from absl import flags
 import numpy as np
 
 from dfp_jax import image_io
-from dfp_jax import optimize
 from dfp_jax import viz
+from dfp_jax.config import FusionConfig
 
 flags.DEFINE_list('json', None, 'bench_scene.py JSON files.', required=True)
 flags.DEFINE_list('labels', None, 'One label per file (default: the file names).')
@@ -34,6 +34,8 @@ flags.DEFINE_list('tols', [], 'Stop thresholds (--stop_tol values) to replay on 
                   'trajectories; prints a table.')
 flags.DEFINE_string('tols_json', None, 'Write the --tols table here as JSON rows.')
 FLAGS = flags.FLAGS
+# The run's own stop settings (older files lack some: FusionConfig's defaults then).
+STOP_FIELDS = ('stop_window', 'stop_min_iters', 'stop_patience')
 
 def panel(scene: str, curves: list, labels: list) -> np.ndarray:
   """One scene's curves (`viz.line_plot`); the vertical line of each colour is where its stop ends."""
@@ -56,7 +58,7 @@ def replay_tols(run: dict, label: str, tols: list) -> list:
     curve = res['fixed_curve']
     changes = [(p['step'], p['change']) for p in curve if 'change' in p]
     for tol in tols:
-      rule = optimize.StopRule(tol, cfg['stop_window'], cfg['stop_min_iters'], cfg['stop_patience'])
+      rule = FusionConfig(stop_tol=tol, **{k: cfg[k] for k in STOP_FIELDS if k in cfg}).stop_rule('main')
       step = rule.stop_step(changes)
       at = next((p for p in curve if p['step'] == step), curve[-1])
       rows.append({'run': label, 'scene': res['scene'], 'tol': tol, 'stop_step': step,
@@ -70,6 +72,9 @@ def main(argv):
   if not FLAGS.out and not FLAGS.tols:
     raise app.UsageError('nothing to do: give --out (the figure) and/or --tols (the table)')
   runs = [json.load(open(p)) for p in FLAGS.json]
+  for path, run in zip(FLAGS.json, runs):
+    if not (isinstance(run, dict) and 'results' in run and 'config' in run):
+      raise app.UsageError(f'{path}: not a bench_scene.py JSON (it needs "config" and "results")')
   labels = FLAGS.labels or [os.path.basename(p) for p in FLAGS.json]
   if len(labels) != len(runs):
     raise app.UsageError('--labels needs one label per --json file')

@@ -144,5 +144,6 @@ def test_bench_step_writes_a_list_of_rows_with_issue_6_keys(tmp_path):
   assert (row['lr_size'], row['scale'], row['stage'], row['cpu_conv'], row['strided_conv']) == (
       32, 2, 'mask', 'eigen', 'direct')
   assert row['step_s'] > 0 and row['gflops'] > 0 and row['compile_s'] > 0 and row['compile_cached_s'] > 0
+  assert row['compile_cache_hit'] is True  # The cached compile really read the program back.
   assert row['backend'] == 'cpu' and 'jax' in row['versions'] and row['process_peak_rss_bytes'] > 2**20
   assert '| 32 | x2 | mask |' in r.stdout

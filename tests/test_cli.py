@@ -93,6 +93,8 @@ def files(tmp_path_factory):
     ('modes', 'give either --input_dir (a folder of scenes, batch mode) or --inputs, not both'),
     ('dr_kernel', 'at least 99 pixels (--doublereblur kernels kg,kd,ke = 5,99,3)'),
     ('argmax_sigma', 'DoubleReblur argmax sigma must be a finite number >= 0, got -1.0'),
+    ('outdir_slash', 'exists and is not a folder'),
+    ('empty_entry', 'input 2 of 3 is an empty path'),
     ('memory', 'huge.png: 4000x4000 at x4 needs about'),
     ('positional', 'unexpected positional arguments'),
     ('enum', 'flag --doublereblur_rule=otsu: value should be one of <compare|threshold>'),
@@ -113,6 +115,8 @@ def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
       'scale': [f'--inputs={a},{b}', '--scale=3'],
       'doublereblur': [f'--inputs={a},{b}', '--doublereblur=5,3,3'],
       'outdir': [f'--inputs={a},{b}', f'--output_dir={files["text"]}/sub'],
+      'outdir_slash': [f'--inputs={a},{b}', f'--output_dir={files["text"]}/'],  # A file, trailing '/'.
+      'empty_entry': [f'--inputs={a},,{b}'],
       'outdir_foreign': [f'--inputs={a},{b}'],  # `out` holds keep.txt, which this tool did not write.
       'modes': [f'--inputs={a},{b}', f'--input_dir={files["dir"]}'],
       'dr_kernel': [f'--inputs={a},{b}', '--doublereblur=5,99,3,0.01,1'],
@@ -132,6 +136,7 @@ def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
   assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
   err_lines = [l for l in r.stderr.splitlines() if l.startswith('error: ')]
   assert len(err_lines) == 1 and match in err_lines[0], r.stderr[-2000:]
+  assert not [l for l in r.stderr.splitlines() if l.startswith('I')], r.stderr  # No INFO log before it.
   assert 'Traceback' not in r.stderr
   assert os.listdir(out) == ['keep.txt']  # Nothing written, nothing lost.
 

@@ -1,5 +1,6 @@
 """Tests of dfp_jax.image_io: formats, bit depths, grey/colour, errors, atomic writes."""
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -236,22 +237,38 @@ def _dead_pid() -> int:
   return int(p.stdout)
 
 
-def test_staging_folders_of_killed_runs_are_removed_live_and_foreign_ones_kept(tmp_path):
-  out = tmp_path / 'out'
-  host, dead = socket.gethostname(), _dead_pid()
+def test_staging_folders_of_killed_runs_are_removed_live_and_foreign_ones_kept(tmp_path, monkeypatch):
+  host = 'node-01.example-org.com'  # Dashes and dots in the host name.
+  monkeypatch.setattr(socket, 'gethostname', lambda: host)
+  out, dead = tmp_path / 'out', _dead_pid()
   stale = tmp_path / f'.out.tmp-{host}-{dead}-abc123'
   live = tmp_path / f'.out.tmp-{host}-{os.getpid()}-def456'  # This process: alive.
-  other_host = tmp_path / f'.out.tmp-not-{host}-{dead}-ghi789'
+  other_host = tmp_path / f'.out.tmp-other-{host}-{dead}-ghi789'
   unnamed = tmp_path / '.out.tmp-jkl012'  # The older naming: cannot tell, kept.
-  for d in (stale, live, other_host, unnamed):
+  # A live run in another pid namespace: its pid means nothing here, but it holds the folder's lock.
+  locked = tmp_path / f'.out.tmp-{host}-{dead}-mno345'
+  for d in (stale, live, other_host, unnamed, locked):
     d.mkdir()
     (d / 'fused.png').write_bytes(b'x')
-  with image_io.StagingDir(str(out)) as tmp:
-    assert f'-{os.getpid()}-' in os.path.basename(tmp)  # Its own folder is named for its process.
-    with open(os.path.join(tmp, 'a.txt'), 'w') as f:
-      f.write('a')
-  assert not stale.exists() and live.exists() and other_host.exists() and unnamed.exists()
+  fd = os.open(locked, os.O_RDONLY)
+  fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  try:
+    with image_io.StagingDir(str(out)) as tmp:
+      assert os.path.basename(tmp).startswith(f'.out.tmp-{host}-{os.getpid()}-')
+      with pytest.raises(BlockingIOError):  # Its own folder is locked while the run lives.
+        probe = os.open(tmp, os.O_RDONLY)
+        try:
+          fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+          os.close(probe)
+      with open(os.path.join(tmp, 'a.txt'), 'w') as f:
+        f.write('a')
+  finally:
+    os.close(fd)
+  assert not stale.exists()
+  assert live.exists() and other_host.exists() and unnamed.exists() and locked.exists()
   assert (out / 'a.txt').exists()
+  assert image_io.remove_stale_staging(str(out)) == [str(locked)]  # Its lock is released now.
 
 
 def test_stale_old_folder_with_missing_output_is_kept(tmp_path):
@@ -267,3 +284,38 @@ def test_stale_old_folder_with_missing_output_is_kept(tmp_path):
   (tmp_path / 'out').mkdir()  # Once the output folder exists again, both are leftovers.
   assert sorted(image_io.remove_stale_staging(str(tmp_path / 'out'))) == sorted([str(new), str(old)])
   assert not old.exists() and not new.exists()
+
+
+def test_commit_puts_the_previous_result_back_when_the_new_one_cannot_move_in(tmp_path, monkeypatch):
+  out = tmp_path / 'out'
+  with image_io.StagingDir(str(out)) as tmp:
+    image_io.write_json(os.path.join(tmp, 'summary.json'),
+                        {'dfp_jax_version': '0', 'output': {'files': ['summary.json']}})
+  before = (out / 'summary.json').read_bytes()
+  real_rename = os.rename
+
+  def failing_rename(src, dst):
+    if '.tmp-' in os.path.basename(src):  # Moving the new result in fails.
+      raise OSError(28, 'No space left on device')
+    return real_rename(src, dst)
+
+  monkeypatch.setattr(image_io.os, 'rename', failing_rename)
+  with pytest.raises(OSError, match='No space'):
+    with image_io.StagingDir(str(out)) as tmp:
+      (tmp_path / 'unused').write_text('')
+  assert (out / 'summary.json').read_bytes() == before
+  assert not [n for n in os.listdir(tmp_path) if '.old-' in n]
+
+
+def test_check_output_dir(tmp_path, monkeypatch):
+  f = tmp_path / 'result'
+  f.write_text('a file')
+  for given in (str(f), str(f) + '/'):  # A trailing slash must not hide the file.
+    with pytest.raises(InputError, match='exists and is not a folder'):
+      image_io.check_output_dir(given)
+  image_io.check_output_dir(str(tmp_path / 'a' / 'b' / 'c'))  # Several levels to create: fine.
+  with pytest.raises(InputError, match='is a file, not a folder'):
+    image_io.check_output_dir(str(f / 'sub'))
+  monkeypatch.setattr(image_io.os, 'access', lambda path, mode: False)
+  with pytest.raises(InputError, match=r'cannot write the output folder \(.* is not writable\)'):
+    image_io.check_output_dir(str(tmp_path / 'new'))

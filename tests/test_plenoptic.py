@@ -177,7 +177,7 @@ def test_benchmark_gt_scores_every_method_and_writes_json(lf_folder, tmp_path):
     ('outdir_is_lf', 'holds the input'),
     ('outdir_foreign', 'is not a previous dfp_jax result'),
     ('crop_small', 'the processed views are 6x6 (after --crop / --lf_downsample)'),
-    ('memory', 'the light-field stage (25 views of 32x32x3) needs about 0.3 GiB but only 0.2 GiB'),
+    ('memory', 'the light-field stage (25 views of 32x32x3) needs about 304 MiB but only 200 MiB'),
 ])
 def test_bad_input_gives_one_clear_line(lf_folder, tmp_path, case, match):
   out = tmp_path / 'out'
