@@ -367,15 +367,12 @@ def _left_by_dead_run(path: str, host: str, pid: int) -> bool:
   except (ProcessLookupError, OverflowError):
     pass
   try:
-    fd = os.open(path, os.O_RDONLY)
+    fd = _lock_dir(path)
   except OSError:
     return False
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:  # Held by a live run, or the file system cannot tell: keep it.
+  if fd is None:  # Held by a live run, or the file system cannot tell: keep it.
     return False
-  finally:
-    os.close(fd)
+  _unlock(fd)
   return True
 
 

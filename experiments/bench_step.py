@@ -51,7 +51,6 @@ flags.DEFINE_list('strided_convs', ['space_to_depth', 'direct'], 'Stride-2 convo
 flags.DEFINE_integer('steps', 20, 'Timed steps per row (after one warm-up chunk of the same length).')
 flags.DEFINE_integer('repeats', 3, 'Timed chunks per row; the median per-step time is reported.')
 flags.DEFINE_string('json', None, 'Write the rows as JSON here.')
-CACHE = {}  # The run's private compilation cache: 'empty' and 'hits' (set by main).
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -72,9 +71,10 @@ PYTORCH_STEP_S = {('main', 64): (0.083, 0.096), ('main', 128): (0.245, 0.275), (
                   ('mask', 128): (0.13, 0.14), ('mask', 256): (0.28, 0.29)}
 
 
-def bench_rows(size, scale, stage_name, loop, dtype, variants, steps, repeats):
+def bench_rows(size, scale, stage_name, loop, dtype, variants, steps, repeats, cache):
   """One row per (cpu_conv, strided_conv) variant, timed interleaved (A, B, C, A, B, C, ...) so that
-  a noisy, shared machine affects all of them alike."""
+  a noisy, shared machine affects all of them alike. `cache`: (empty, hits) of the run's private
+  compilation cache (`cli.private_compilation_cache`)."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((2, size, size, 3)).astype(np.float32))
   m = jnp.stack([jnp.ones((size, size)), jnp.zeros((size, size))])
@@ -90,16 +90,16 @@ def bench_rows(size, scale, stage_name, loop, dtype, variants, steps, repeats):
     else:
       stage = fusion.mask_stage(cfg, 2)
       state, problem = fusion.init_mask_state(jax.random.key(0), x, m, config=cfg)
-    CACHE['empty']()  # Cold: nothing cached, even if another row of this run compiled the same program.
+    cache[0]()  # Cold: nothing cached, even if another row of this run compiled the same program.
     t0 = time.perf_counter()  # The step's compilation (compile_chunk below then reuses it).
     compiled_step = optimize.compile_with_options(stage.jit_step.lower(state, problem), stage)
     compile_s = time.perf_counter() - t0
     jax.clear_caches()  # The same program again: now read back from the persistent cache.
-    hits = CACHE['hits']()
+    hits = cache[1]()
     t0 = time.perf_counter()
     optimize.compile_with_options(stage.jit_step.lower(state, problem), stage)
     compile_cached_s = time.perf_counter() - t0
-    cache_hit = CACHE['hits']() > hits
+    cache_hit = cache[1]() > hits
     cost = compiled_step.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
@@ -141,13 +141,12 @@ def main(argv):
   cli.setup_runtime(FLAGS)
   # A persistent compilation cache of this run's own: compile_s is a cold compile whatever earlier
   # runs left in the user's cache, and compile_cached_s reads the program back from it.
-  with cli.private_compilation_cache('dfp_bench_step_cache_') as (empty, hits):
-    CACHE.update(empty=empty, hits=hits)
-    rows = run_grid()
+  with cli.private_compilation_cache('dfp_bench_step_cache_') as cache:
+    rows = run_grid(cache)
   report(rows)
 
 
-def run_grid() -> list:
+def run_grid(cache) -> list:
   ceiling = matmul_gflops()
   rows = []
   for size in map(int, FLAGS.sizes):
@@ -157,7 +156,8 @@ def run_grid() -> list:
           for dtype in FLAGS.dtypes:
             convs = FLAGS.cpu_convs if jax.default_backend() == 'cpu' else FLAGS.cpu_convs[:1]
             variants = [(c, s) for c in convs for s in FLAGS.strided_convs]
-            for r in bench_rows(size, scale, stage, loop, dtype, variants, FLAGS.steps, FLAGS.repeats):
+            for r in bench_rows(size, scale, stage, loop, dtype, variants, FLAGS.steps, FLAGS.repeats,
+                                cache):
               r['matmul_gflops_per_s'] = ceiling
               rows.append(r)
               print(f"{size:>5} x{scale} {stage:<4} {r['loop']:<6} {dtype:<8} {r['cpu_conv']:<7} "
