@@ -199,6 +199,8 @@ def private_compilation_cache(prefix: str = 'dfp_bench_cache_'):
   try:
     yield empty, lambda: count[0]
   finally:
+    if hasattr(monitoring, 'unregister_event_listener'):  # Older jax lacks it.
+      monitoring.unregister_event_listener(listener)
     shutil.rmtree(folder, ignore_errors=True)
 
 
