@@ -103,21 +103,22 @@ def main(argv):
         hs, ws = (size // s) * s, (size // s) * s
         stack = np.stack([lightfield.area_downsample(v[:hs, :ws], s) for v in stack_full])
         gt = lightfield.area_downsample(gt_full[:hs, :ws], s)
+        stack_dev = jnp.asarray(stack)  # One host-to-device copy for every map of this case.
         err = np.stack([cv2.blur(e, (FLAGS.oracle_window,) * 2) for e in ((stack - gt) ** 2).mean(-1)])
         oracle = jax.nn.one_hot(err.argmin(0), n, axis=0)
         row = {'region': [y, x, size, size], 'num_planes': n, 'scale': s,
                'planes': np.asarray(planes).tolist(), 'input_size': list(stack.shape[1:3]),
                'psnr': {f'oracle {FLAGS.oracle_window}': psnr(baselines.decision_map_fusion(
-                   jnp.asarray(stack), oracle), gt)}}
-        maps = {name: maps_fn(jnp.asarray(stack), params) for name, params in cases.items()}
+                   stack_dev, oracle), gt)}}
+        maps = {name: maps_fn(stack_dev, params) for name, params in cases.items()}
         for name, m in maps.items():
-          row['psnr'][name] = psnr(baselines.decision_map_fusion(jnp.asarray(stack), m), gt)
+          row['psnr'][name] = psnr(baselines.decision_map_fusion(stack_dev, m), gt)
         rows.append(row)
         if FLAGS.sheet and s == sheet_scale and not any(r['region'] != row['region'] for r in rows):
           index = lambda m: np.asarray(lightfield.index_map_image(lightfield.index_map(m), n))
           default_maps = maps.get(f'gauss {default.argmax_sigma:g}')
           if default_maps is None:  # The default window is not among --sigmas.
-            default_maps = maps_fn(jnp.asarray(stack), default)
+            default_maps = maps_fn(stack_dev, default)
           tiles = [index(maps[ref]), index(default_maps), index(oracle), gt]
           sheet_rows.append(viz.side_by_side(tiles, [
               f'N={n} x{s}: {ref}', f'Gaussian sigma {default.argmax_sigma:g} (default)',
