@@ -170,8 +170,8 @@ def main(argv):
       res['reference_full_run_s'] = 500 * REFERENCE_STEP_S['mask'] + 2000 * REFERENCE_STEP_S['main']
       results.append(res)
 
-  print('\n| scene | fixed 500+1000: PSNR / s | auto (warm): PSNR / s / steps mask+main | auto cold s '
-        '| PSNR change | speed-up vs reference full run |')
+  print(f'\n| scene | fixed {base.mask_iters}+{base.iters}: PSNR / s | auto (warm): PSNR / s / steps '
+        'mask+main | auto cold s | PSNR change | speed-up vs reference full run |')
   print('|---|---|---|---|---|---|')
   for r in results:
     f = r['fixed']
