@@ -3,16 +3,17 @@ result of the main stage (--stop=auto, as by default) fused with them, scored ag
 
   python experiments/mask_length.py --scenes=NAME=FOLDER@Y:X:H:W,... --json=docs/results/mask_length_cpu.json
 
-Scenes, --scale, --mask_iters and --json as `bench_scene.py` (whose flags this script uses): light-field
-ground-truth cases (two refocused slices at automatically chosen planes, area-downsampled by the scale,
-fused, scored against the centre view; the Lytro default's centre view is only an approximate
-reference). For each scene the decision embedding runs --mask_iters steps once, window by
-window; after every window it records the mean absolute change of the EMA of the soft maps (the
-statistic `--stop=auto` tests on this stage, `mask_change`), the share of pixels whose binary map
-flipped since the last window (`flips`) and the share that differs from the DoubleReblur map
-(`vs_raw`). At each of --checkpoints the binary maps are kept; the main stage then runs from each
-kept map (same key as `fuse`), and the table gives the PSNR of its result and how many pixels of the
-kept map differ from the last one. No file other than the JSON is written.
+Scenes, --scale, --iters, --mask_iters, the stop and learning-rate settings and --json as
+`bench_scene.py` (whose flags this script uses): light-field ground-truth cases (two refocused
+slices at automatically chosen planes, area-downsampled by the scale, fused, scored against the
+centre view; the Lytro default's centre view is only an approximate reference). For each scene the
+decision embedding runs --mask_iters steps once, window by window; after every window it records the
+mean absolute change of the EMA of the soft maps (the statistic `--stop=auto` tests on this stage,
+`mask_change`), the share of pixels whose binary map flipped since the last window (`flips`) and the
+share that differs from the DoubleReblur map (`vs_raw`). At each of --checkpoints the binary maps
+are kept; the main stage then runs from each kept map (same key as `fuse`), and the table gives the
+PSNR of its result and how many pixels of the kept map differ from the last one.
+No file other than the JSON is written.
 """
 
 from __future__ import annotations
@@ -83,8 +84,16 @@ def scene_rows(spec: str, config: FusionConfig, checkpoints: list[int]):
 
 def main(argv):
   del argv
-  config = FusionConfig(scale=FLAGS.scale, mask_iters=FLAGS.mask_iters)
+  # bench_scene.py's settings (its flags), so both scripts describe the same runs.
+  config = FusionConfig(scale=FLAGS.scale, iters=FLAGS.iters, mask_iters=FLAGS.mask_iters,
+                        stop_tol=FLAGS.stop_tol, stop_min_iters=FLAGS.stop_min_iters, lr=FLAGS.lr,
+                        mask_lr=FLAGS.mask_lr, output_bias=FLAGS.output_bias,
+                        output_base=FLAGS.output_base)
   checkpoints = sorted({int(v) for v in FLAGS.checkpoints} | {FLAGS.mask_iters})
+  bad = [k for k in checkpoints if k % config.stop_window or not 0 < k <= config.mask_iters]
+  if bad:
+    raise app.UsageError(f'--checkpoints: {bad} are not multiples of the stop window '
+                         f'({config.stop_window}) between 1 and --mask_iters ({config.mask_iters})')
   results = [scene_rows(spec, config, checkpoints) for spec in FLAGS.scenes]
   print('\n| scene | embedding steps | maps differing from the last | main steps | PSNR (dB) | vs the last |')
   print('|---|---|---|---|---|---|')
