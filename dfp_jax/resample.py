@@ -4,7 +4,8 @@
 * `lanczos2_kernel1d(s)`: deep-image-prior's "lanczos2" at phase 0.5: 4s taps at offsets
   +-(0.5, 1.5, ..., 2s - 0.5), k(x) = sinc(x / s) sinc(x / (2 s)), normalised to sum 1. The 2-D kernel is
   the outer product (separable), applied per channel as a stride-s correlation after replicate padding of
-  (4s - s) / 2 on each side, so an (sH, sW) image maps to exactly (H, W). s = 1 is the identity.
+  (4s - s) / 2 on each side, so an (sH, sW) image maps to exactly (H, W); computed in polyphase form
+  (sums of shifted slices, no convolution). s = 1 is the identity; odd s > 1 is refused.
 * `bicubic_upsample`: OpenCV `INTER_CUBIC` (Keys cubic with a = -0.75, half-pixel centres, replicated
   border), as separable interpolation matrices; used for the network input z and the baselines.
 * `bilinear_up2`: exact x2 bilinear upsampling with half-pixel centres (PyTorch
@@ -34,26 +35,44 @@ def lanczos2_kernel1d(factor: int) -> np.ndarray:
   return (k / k.sum()).astype(np.float32)
 
 
+def _lanczos2_down_axis(x: jnp.ndarray, k: np.ndarray, factor: int, axis: int) -> jnp.ndarray:
+  """One separable pass along `axis` (length s n): out[i] = sum_t k[t] xp[s i + t], t < 4s, with xp
+  the input replicate-padded by 3s/2 on each side, computed in polyphase form: xp reshaped to
+  [n + 3, s] along the axis, so xp[s i + t] = b[i + q, r] for t = q s + r, and the output is a sum of
+  4s scaled slices of b. Every term is an elementwise operation, so XLA fuses the pass into one loop
+  over the data (and its gradient into another): ~1 ms for value and gradient of a 256x256x3 image on
+  a 2-core CPU, against ~21 ms for the same correlation as a depthwise stride-s convolution, whose
+  gradient XLA:CPU computes slowly. Same sums in another order (max difference 2e-7)."""
+  n = x.shape[axis] // factor
+  pad = 3 * factor // 2
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (pad, pad)
+  xp = jnp.pad(x, widths, mode='edge')
+  shape = list(xp.shape)
+  shape[axis:axis + 1] = [n + 3, factor]
+  b = xp.reshape(shape)
+  out = None
+  for q in range(4):
+    block = lax.slice_in_dim(b, q, q + n, axis=axis)
+    for r in range(factor):
+      term = float(k[q * factor + r]) * lax.index_in_dim(block, r, axis=axis + 1, keepdims=False)
+      out = term if out is None else out + term
+  return out
+
+
 def lanczos2_downsample(image: jnp.ndarray, factor: int) -> jnp.ndarray:
-  """Downsamples [..., sH, sW, C] by an integer factor to [..., H, W, C] with the Lanczos-2 kernel."""
+  """Downsamples [..., sH, sW, C] by an integer factor (1 or even) to [..., H, W, C] with the
+  Lanczos-2 kernel (separable: rows, then columns)."""
   if factor == 1:
     return image
-  *lead, hh, ww, c = image.shape
+  if factor < 1 or factor % 2:
+    raise ValueError(f'the Lanczos-2 downsampler takes a factor of 1 or an even factor, got {factor}')
+  hh, ww = image.shape[-3], image.shape[-2]
   if hh % factor or ww % factor:
     raise ValueError(f'image size {hh}x{ww} is not divisible by the factor {factor}')
-  k = jnp.asarray(lanczos2_kernel1d(factor), image.dtype)
-  pad = (4 * factor - factor) // 2
-  x = image.reshape((-1, hh, ww, c))
-  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='edge')
-  # Depthwise separable correlation, stride = factor, NHWC with one group per channel.
-  dn = ('NHWC', 'HWIO', 'NHWC')
-  ky = jnp.tile(k[:, None, None, None], (1, 1, 1, c))
-  kx = jnp.tile(k[None, :, None, None], (1, 1, 1, c))
-  x = lax.conv_general_dilated(x, ky, (factor, 1), 'VALID', dimension_numbers=dn,
-                               feature_group_count=c, precision=lax.Precision.HIGHEST)
-  x = lax.conv_general_dilated(x, kx, (1, factor), 'VALID', dimension_numbers=dn,
-                               feature_group_count=c, precision=lax.Precision.HIGHEST)
-  return x.reshape(tuple(lead) + (hh // factor, ww // factor, c))
+  k = lanczos2_kernel1d(factor)
+  nd = image.ndim
+  return _lanczos2_down_axis(_lanczos2_down_axis(image, k, factor, nd - 3), k, factor, nd - 2)
 
 
 @functools.lru_cache(maxsize=None)

@@ -112,6 +112,25 @@ def test_lanczos2_downsample_identity_leading_axes_and_errors():
     resample.lanczos2_downsample(jnp.zeros((9, 8, 3)), 2)
   with pytest.raises(ValueError, match='divisible'):
     resample.lanczos2_downsample(jnp.zeros((8, 10, 3)), 4)
+  with pytest.raises(ValueError, match='even factor, got 3'):
+    resample.lanczos2_downsample(jnp.zeros((9, 9, 3)), 3)
+
+
+@pytest.mark.parametrize('s', [2, 4])
+def test_lanczos2_downsample_gradient_is_the_transpose_of_the_reference(s):
+  """The downsampler is linear, so its vector-Jacobian product must be its transpose: for the float64
+  NumPy reference D, <D x, y> = <x, vjp(y)> for any x, y (checked on a non-square image)."""
+  x = _rand((6 * s, 4 * s, 2), seed=10 + s).astype(np.float64)
+  y = _rand((6, 4, 2), seed=20 + s).astype(np.float64)
+  _, vjp = jax.vjp(lambda v: resample.lanczos2_downsample(v, s), jnp.asarray(x, jnp.float32))
+  (xt,) = vjp(jnp.asarray(y, jnp.float32))
+  assert xt.shape == x.shape
+  np.testing.assert_allclose(np.sum(x * np.asarray(xt, np.float64)),
+                             np.sum(_np_lanczos2_downsample(x, s) * y), rtol=1e-5)
+  # And each input pixel's gradient is the sum of the kernel weights it enters with: a constant
+  # cotangent gives a gradient that sums to the number of output pixels (the kernel sums to 1).
+  (ones,) = vjp(jnp.ones((6, 4, 2), jnp.float32))
+  np.testing.assert_allclose(float(jnp.sum(ones)), 6 * 4 * 2, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ upsampling
