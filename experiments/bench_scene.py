@@ -135,12 +135,17 @@ def curves_figure(results) -> np.ndarray:
   return np.concatenate(panels, axis=1)  # uint8 RGB.
 
 
-def main(argv):
-  del argv
-  base = FusionConfig(scale=FLAGS.scale, iters=FLAGS.iters, mask_iters=FLAGS.mask_iters,
+def flags_config() -> FusionConfig:
+  """The FusionConfig of this script's flags (also used by mask_length.py, which shares them)."""
+  return FusionConfig(scale=FLAGS.scale, iters=FLAGS.iters, mask_iters=FLAGS.mask_iters,
                       stop_tol=FLAGS.stop_tol, stop_min_iters=FLAGS.stop_min_iters, lr=FLAGS.lr,
                       mask_lr=FLAGS.mask_lr, output_bias=FLAGS.output_bias,
                       output_base=FLAGS.output_base)
+
+
+def main(argv):
+  del argv
+  base = flags_config()
   results = []
   with cli.private_compilation_cache('dfp_bench_scene_cache_') as (empty_cache, _):
     for spec in FLAGS.scenes:

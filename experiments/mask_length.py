@@ -84,11 +84,7 @@ def scene_rows(spec: str, config: FusionConfig, checkpoints: list[int]):
 
 def main(argv):
   del argv
-  # bench_scene.py's settings (its flags), so both scripts describe the same runs.
-  config = FusionConfig(scale=FLAGS.scale, iters=FLAGS.iters, mask_iters=FLAGS.mask_iters,
-                        stop_tol=FLAGS.stop_tol, stop_min_iters=FLAGS.stop_min_iters, lr=FLAGS.lr,
-                        mask_lr=FLAGS.mask_lr, output_bias=FLAGS.output_bias,
-                        output_base=FLAGS.output_base)
+  config = bench_scene.flags_config()  # bench_scene.py's flags: both scripts describe the same runs.
   checkpoints = sorted({int(v) for v in FLAGS.checkpoints} | {FLAGS.mask_iters})
   bad = [k for k in checkpoints if k % config.stop_window or not 0 < k <= config.mask_iters]
   if bad:
