@@ -1,0 +1,179 @@
+"""How far above the fusion by its decision map any fusion of the inputs can go at x1 (ground truth needed).
+
+At x1 DFP's content loss is minimised by the fusion of the inputs by the decision maps (docs section
+2a'''), so whether DFP could *beat* that fusion depends on how much better any other combination of the
+same inputs can be. This script measures it on a light field with an all-in-focus centre view (HCI
+naming): for each region and N it builds the focal stack as `benchmark_gt.py` does (shift-and-add at N
+automatically chosen planes, x1, so no downsampling) and scores against the centre view:
+
+  - `map`: the fusion by the DoubleReblur maps (the library's default rule; `benchmark_gt.py`'s
+    `decision_map+bicubic` at x1);
+  - `feather s`: the same maps smoothed by a Gaussian of sigma s and renormalised (a soft-edged blend;
+    no ground truth used);
+  - `laplacian s`: per pixel, the input with the largest |Laplacian| of luma smoothed by a Gaussian of
+    sigma s (the focus cue of DFP's joint-gradient loss, which takes max |Lap| over the inputs, used as a
+    selection rule; no ground truth used);
+  - `oracle pixel`: per pixel, the input with the smallest RGB error against the truth (a loose upper
+    bound for any selection: it also picks noise);
+  - `oracle window s`: per pixel, the input whose squared error, smoothed by a Gaussian of sigma s, is
+    smallest (the bound for a focus measure that decides per region);
+  - `oracle blend`: per pixel, the convex combination of the inputs closest to the truth (an upper bound
+    for any per-pixel blending of the inputs, soft maps included).
+
+Every `oracle` row uses the truth and is a bound, not a method. What no combination of the inputs can
+remove is the inputs' own blur where no slice is sharp; only a method that restores detail beyond the
+inputs (deconvolution) could go past `oracle blend`.
+
+  python experiments/x1_ceiling.py --json=docs/results/x1_ceiling_hci.json
+
+Prints a table per case and the mean over cases; writes JSON rows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import cv2
+import jax.numpy as jnp
+import numpy as np
+
+from dfp_jax import baselines
+from dfp_jax import filters
+from dfp_jax import focus
+from dfp_jax import image_io
+from dfp_jax import lightfield
+from dfp_jax import metrics
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('lightfield', '../shared/data/lightfield/hci_dino_33views',
+                    'Light-field folder with an all-in-focus centre view (HCI naming or views.json).')
+flags.DEFINE_list('regions', ['128:128', '0:0', '256:256', '0:256', '256:0'],
+                  'Top-left corners y:x of the square regions scored (the first is benchmark_gt.py\'s).')
+flags.DEFINE_integer('region_size', 256, 'Side of each region (pixels of the views).')
+flags.DEFINE_list('num_planes', ['2', '4'], 'Focal-stack sizes N (each at least 2).')
+flags.DEFINE_list('feather_sigmas', ['1', '2'], 'Gaussian sigmas of the feathered maps.')
+flags.DEFINE_list('window_sigmas', ['1', '2', '4'], 'Gaussian sigmas of the windowed oracle and of the '
+                  'Laplacian-energy selection.')
+flags.DEFINE_string('json', None, 'Write the rows as JSON here.')
+
+
+def _regions(items) -> list[tuple[int, int]]:
+  try:
+    return [tuple(int(v) for v in item.split(':', 1)) for item in items]
+  except ValueError:
+    raise app.UsageError(f'--regions needs y:x corners, got {",".join(items)}') from None
+
+
+def _floats(name: str, items) -> list[float]:
+  try:
+    out = [float(v) for v in items]
+  except ValueError:
+    raise app.UsageError(f'--{name} needs numbers, got {",".join(items)}') from None
+  if any(not v > 0 for v in out):
+    raise app.UsageError(f'--{name}: every sigma must be > 0')
+  return out
+
+
+def select(stack: np.ndarray, index: np.ndarray) -> np.ndarray:
+  """Per-pixel selection: stack [N, H, W, C], index [H, W] -> [H, W, C]."""
+  return np.take_along_axis(stack, index[None, ..., None], axis=0)[0]
+
+
+def oracle_blend(stack: np.ndarray, gt: np.ndarray) -> np.ndarray:
+  """Per pixel, the convex combination of the N inputs nearest the truth in RGB.
+
+  Exact by enumeration of the simplex's faces: on each subset S of inputs the affine least-squares fit
+  (weights summing to 1, `np.linalg.pinv` where it is underdetermined) is kept where its weights are all
+  >= 0; the best kept fit wins. Singletons are the inputs themselves, so it is never below `oracle pixel`.
+  """
+  n, h, w, c = stack.shape
+  x = stack.reshape(n, h * w, c).astype(np.float64)
+  g = gt.reshape(h * w, c).astype(np.float64)
+  best = np.full(h * w, np.inf)
+  out = np.zeros((h * w, c))
+  for mask in range(1, 2 ** n):
+    idx = [i for i in range(n) if mask >> i & 1]
+    last = x[idx[-1]]
+    if len(idx) == 1:
+      wts, fit = np.ones((h * w, 1)), last
+    else:
+      d = np.stack([x[i] - last for i in idx[:-1]], axis=-1)  # [P, C, k - 1]
+      a = np.einsum('pkc,pc->pk', np.linalg.pinv(d, rcond=1e-10), g - last)
+      wts = np.concatenate([a, 1.0 - a.sum(-1, keepdims=True)], axis=-1)
+      fit = last + np.einsum('pck,pk->pc', d, a)
+    err = np.where(np.all(wts >= -1e-9, axis=-1), ((fit - g) ** 2).sum(-1), np.inf)
+    better = err < best
+    best = np.where(better, err, best)
+    out[better] = fit[better]
+  return out.reshape(h, w, c).astype(np.float32)
+
+
+def fusions(stack: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
+  maps = np.asarray(focus.decision_maps(jnp.asarray(stack)))
+  out = {'map': np.asarray(baselines.decision_map_fusion(jnp.asarray(stack), jnp.asarray(maps)))}
+  for sg in _floats('feather_sigmas', FLAGS.feather_sigmas):
+    soft = np.stack([cv2.GaussianBlur(m.astype(np.float32), (0, 0), sg) for m in maps])
+    soft /= soft.sum(0, keepdims=True)
+    out[f'feather {sg:g}'] = np.einsum('nhw,nhwc->hwc', soft, stack)
+  lap = np.abs(np.asarray(filters.laplacian(filters.luma(jnp.asarray(stack)))))
+  for sg in _floats('window_sigmas', FLAGS.window_sigmas):
+    energy = np.stack([cv2.GaussianBlur(e, (0, 0), sg) for e in lap])
+    out[f'laplacian {sg:g}'] = select(stack, energy.argmax(0))
+  err = ((stack - gt[None]) ** 2).sum(-1)
+  out['oracle pixel'] = select(stack, err.argmin(0))
+  for sg in _floats('window_sigmas', FLAGS.window_sigmas):
+    smooth = np.stack([cv2.GaussianBlur(e, (0, 0), sg) for e in err])
+    out[f'oracle window {sg:g}'] = select(stack, smooth.argmin(0))
+  out['oracle blend'] = oracle_blend(stack, gt)
+  return out
+
+
+def main(argv):
+  del argv
+  ns = [int(v) for v in FLAGS.num_planes]
+  if any(n < 2 for n in ns):
+    raise app.UsageError('--num_planes: every N must be at least 2')
+  size = FLAGS.region_size
+  rows = []
+  for y, x in _regions(FLAGS.regions):
+    lf = lightfield.load_light_field(FLAGS.lightfield, crop=(y, x, size, size))
+    gt = np.asarray(lf.center_view, np.float32)
+    for n in ns:
+      planes = lightfield.choose_focal_planes(lf, n).disparities
+      stack = np.clip(np.asarray(lightfield.focal_stack(lf, jnp.asarray(planes))), 0, 1).astype(np.float32)
+      scores = {}
+      for name, img in fusions(stack, gt).items():
+        m = metrics.gt_metrics(jnp.asarray(img), jnp.asarray(gt))
+        scores[name] = {'PSNR': float(m['PSNR']), 'SSIM': float(m['SSIM'])}
+      base = scores['map']['PSNR']
+      print(f'region {y}:{x} N={n} planes {[round(float(d), 3) for d in planes]}: ' + ', '.join(
+          f'{k} {v["PSNR"]:.2f} ({v["PSNR"] - base:+.2f})' for k, v in scores.items()), flush=True)
+      rows.append({'region': [y, x, size, size], 'num_planes': n,
+                   'planes': [float(d) for d in planes], 'scores': scores})
+  names = list(rows[0]['scores'])
+  print('\nPSNR (dB) / SSIM against the centre view at x1, and the gain over `map` (mean over regions):\n')
+  print('| N | ' + ' | '.join(names) + ' |')
+  print('|---' * (len(names) + 1) + '|')
+  summary = {}
+  for n in ns:
+    sub = [r['scores'] for r in rows if r['num_planes'] == n]
+    summary[n] = {k: {'PSNR': float(np.mean([s[k]['PSNR'] for s in sub])),
+                      'SSIM': float(np.mean([s[k]['SSIM'] for s in sub])),
+                      'gain_db': float(np.mean([s[k]['PSNR'] - s['map']['PSNR'] for s in sub])),
+                      'min_gain_db': float(np.min([s[k]['PSNR'] - s['map']['PSNR'] for s in sub]))}
+                  for k in names}
+    print(f'| {n} ({len(sub)} regions) | ' + ' | '.join(
+        f'{v["PSNR"]:.2f} / {v["SSIM"]:.4f} ({v["gain_db"]:+.2f})' for v in summary[n].values()) + ' |')
+  if FLAGS.json:
+    image_io.write_json(FLAGS.json, {'lightfield': os.path.abspath(FLAGS.lightfield),
+                                     'doublereblur': str(focus.DoubleReblurParams()),
+                                     'rows': rows, 'summary': {str(k): v for k, v in summary.items()}})
+
+
+if __name__ == '__main__':
+  app.run(main)
