@@ -386,8 +386,10 @@ def load_light_field(folder: str, *, crop: tuple[int, int, int, int] | None = No
       w2 = image.shape[1] // downsample * downsample
       image = area_downsample(image[:h2, :w2], downsample)
     views.append(image)
-  logging.info('%s: %d views (%s naming), centre %s, view size %s', folder, len(views), scheme,
-               center, views[0].shape)
+  # Debug level: callers log what they go on to do with the views once their own checks pass (the CLI's
+  # "light field ..." line), so a user's error is not preceded by a line that reads like progress.
+  logging.debug('%s: %d views (%s naming), centre %s, view size %s', folder, len(views), scheme,
+                center, views[0].shape)
   return make_light_field(np.stack(views), [e[1] for e in entries], [e[2] for e in entries],
                           center, [e[0] for e in entries])
 
