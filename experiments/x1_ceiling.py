@@ -1,10 +1,12 @@
-"""How far above the fusion by its decision map any fusion of the inputs can go at x1 (ground truth needed).
+"""How far above the fusion by its decision map a per-pixel selection or convex blend of the same inputs
+can go at x1 (ground truth needed).
 
 At x1 DFP's content loss is minimised by the fusion of the inputs by the decision maps (docs section
-2a'''), so whether DFP could *beat* that fusion depends on how much better any other combination of the
+2a'''), so whether DFP could *beat* that fusion depends on how much better other decisions about the
 same inputs can be. This script measures it on a light field with an all-in-focus centre view (HCI
 naming): for each region and N it builds the focal stack as `benchmark_gt.py` does (shift-and-add at N
-automatically chosen planes, x1, so no downsampling) and scores against the centre view:
+automatically chosen planes, x1, so no downsampling) and scores against the centre view (the rules are
+in `oracles.py`):
 
   - `map`: the fusion by the DoubleReblur maps (the library's default rule; `benchmark_gt.py`'s
     `decision_map+bicubic` at x1);
@@ -13,16 +15,16 @@ automatically chosen planes, x1, so no downsampling) and scores against the cent
   - `laplacian s`: per pixel, the input with the largest |Laplacian| of luma smoothed by a Gaussian of
     sigma s (the focus cue of DFP's joint-gradient loss, which takes max |Lap| over the inputs, used as a
     selection rule; no ground truth used);
-  - `oracle pixel`: per pixel, the input with the smallest RGB error against the truth (a loose upper
-    bound for any selection: it also picks noise);
+  - `oracle pixel`: per pixel, the input with the smallest RGB error against the truth (an upper bound
+    for any per-pixel selection; it also picks noise);
   - `oracle window s`: per pixel, the input whose squared error, smoothed by a Gaussian of sigma s, is
-    smallest (the bound for a focus measure that decides per region);
+    smallest (what a focus measure that decides per region could reach);
   - `oracle blend`: per pixel, the convex combination of the inputs closest to the truth (an upper bound
-    for any per-pixel blending of the inputs, soft maps included).
+    for any per-pixel convex blending of the inputs, soft maps included).
 
-Every `oracle` row uses the truth and is a bound, not a method. What no combination of the inputs can
-remove is the inputs' own blur where no slice is sharp; only a method that restores detail beyond the
-inputs (deconvolution) could go past `oracle blend`.
+Every `oracle` row uses the truth and is a bound, not a method. The bounds cover per-pixel selections
+and convex blends only: an output that combines neighbouring pixels or leaves the inputs' convex hull
+(sharpening, deconvolution) is not bounded by them.
 
   python experiments/x1_ceiling.py --json=docs/results/x1_ceiling_hci.json
 
@@ -38,16 +40,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import cv2
 import jax.numpy as jnp
 import numpy as np
 
 from dfp_jax import baselines
-from dfp_jax import filters
 from dfp_jax import focus
 from dfp_jax import image_io
 from dfp_jax import lightfield
 from dfp_jax import metrics
+from experiments import oracles
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('lightfield', '../shared/data/lightfield/hci_dino_33views',
@@ -79,75 +80,38 @@ def _floats(name: str, items) -> list[float]:
   return out
 
 
-def select(stack: np.ndarray, index: np.ndarray) -> np.ndarray:
-  """Per-pixel selection: stack [N, H, W, C], index [H, W] -> [H, W, C]."""
-  return np.take_along_axis(stack, index[None, ..., None], axis=0)[0]
-
-
-def oracle_blend(stack: np.ndarray, gt: np.ndarray) -> np.ndarray:
-  """Per pixel, the convex combination of the N inputs nearest the truth in RGB.
-
-  Exact by enumeration of the simplex's faces: on each subset S of inputs the affine least-squares fit
-  (weights summing to 1, `np.linalg.pinv` where it is underdetermined) is kept where its weights are all
-  >= 0; the best kept fit wins. Singletons are the inputs themselves, so it is never below `oracle pixel`.
-  """
-  n, h, w, c = stack.shape
-  x = stack.reshape(n, h * w, c).astype(np.float64)
-  g = gt.reshape(h * w, c).astype(np.float64)
-  best = np.full(h * w, np.inf)
-  out = np.zeros((h * w, c))
-  for mask in range(1, 2 ** n):
-    idx = [i for i in range(n) if mask >> i & 1]
-    last = x[idx[-1]]
-    if len(idx) == 1:
-      wts, fit = np.ones((h * w, 1)), last
-    else:
-      d = np.stack([x[i] - last for i in idx[:-1]], axis=-1)  # [P, C, k - 1]
-      a = np.einsum('pkc,pc->pk', np.linalg.pinv(d, rcond=1e-10), g - last)
-      wts = np.concatenate([a, 1.0 - a.sum(-1, keepdims=True)], axis=-1)
-      fit = last + np.einsum('pck,pk->pc', d, a)
-    err = np.where(np.all(wts >= -1e-9, axis=-1), ((fit - g) ** 2).sum(-1), np.inf)
-    better = err < best
-    best = np.where(better, err, best)
-    out[better] = fit[better]
-  return out.reshape(h, w, c).astype(np.float32)
-
-
-def fusions(stack: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
+def fusions(stack: np.ndarray, gt: np.ndarray, feather_sigmas, window_sigmas) -> dict[str, np.ndarray]:
   maps = np.asarray(focus.decision_maps(jnp.asarray(stack)))
   out = {'map': np.asarray(baselines.decision_map_fusion(jnp.asarray(stack), jnp.asarray(maps)))}
-  for sg in _floats('feather_sigmas', FLAGS.feather_sigmas):
-    soft = np.stack([cv2.GaussianBlur(m.astype(np.float32), (0, 0), sg) for m in maps])
-    soft /= soft.sum(0, keepdims=True)
-    out[f'feather {sg:g}'] = np.einsum('nhw,nhwc->hwc', soft, stack)
-  lap = np.abs(np.asarray(filters.laplacian(filters.luma(jnp.asarray(stack)))))
-  for sg in _floats('window_sigmas', FLAGS.window_sigmas):
-    energy = np.stack([cv2.GaussianBlur(e, (0, 0), sg) for e in lap])
-    out[f'laplacian {sg:g}'] = select(stack, energy.argmax(0))
-  err = ((stack - gt[None]) ** 2).sum(-1)
-  out['oracle pixel'] = select(stack, err.argmin(0))
-  for sg in _floats('window_sigmas', FLAGS.window_sigmas):
-    smooth = np.stack([cv2.GaussianBlur(e, (0, 0), sg) for e in err])
-    out[f'oracle window {sg:g}'] = select(stack, smooth.argmin(0))
-  out['oracle blend'] = oracle_blend(stack, gt)
+  out.update({f'feather {sg:g}': oracles.feathered(stack, maps, sg) for sg in feather_sigmas})
+  out.update({f'laplacian {sg:g}': oracles.laplacian_selection(stack, sg) for sg in window_sigmas})
+  out['oracle pixel'] = oracles.oracle_pixel(stack, gt)
+  out.update({f'oracle window {sg:g}': oracles.oracle_window(stack, gt, sg) for sg in window_sigmas})
+  out['oracle blend'] = oracles.oracle_blend(stack, gt)
   return out
 
 
 def main(argv):
   del argv
-  ns = [int(v) for v in FLAGS.num_planes]
-  if any(n < 2 for n in ns):
+  try:
+    ns = [int(v) for v in FLAGS.num_planes]
+  except ValueError:
+    raise app.UsageError(f'--num_planes needs integers, got {",".join(FLAGS.num_planes)}') from None
+  if not ns or any(n < 2 for n in ns):
     raise app.UsageError('--num_planes: every N must be at least 2')
+  feather_sigmas = _floats('feather_sigmas', FLAGS.feather_sigmas)
+  window_sigmas = _floats('window_sigmas', FLAGS.window_sigmas)
+  corners = _regions(FLAGS.regions)
   size = FLAGS.region_size
   rows = []
-  for y, x in _regions(FLAGS.regions):
+  for y, x in corners:
     lf = lightfield.load_light_field(FLAGS.lightfield, crop=(y, x, size, size))
     gt = np.asarray(lf.center_view, np.float32)
     for n in ns:
       planes = lightfield.choose_focal_planes(lf, n).disparities
       stack = np.clip(np.asarray(lightfield.focal_stack(lf, jnp.asarray(planes))), 0, 1).astype(np.float32)
       scores = {}
-      for name, img in fusions(stack, gt).items():
+      for name, img in fusions(stack, gt, feather_sigmas, window_sigmas).items():
         m = metrics.gt_metrics(jnp.asarray(img), jnp.asarray(gt))
         scores[name] = {'PSNR': float(m['PSNR']), 'SSIM': float(m['SSIM'])}
       base = scores['map']['PSNR']
@@ -171,7 +135,7 @@ def main(argv):
         f'{v["PSNR"]:.2f} / {v["SSIM"]:.4f} ({v["gain_db"]:+.2f})' for v in summary[n].values()) + ' |')
   if FLAGS.json:
     image_io.write_json(FLAGS.json, {'lightfield': os.path.abspath(FLAGS.lightfield),
-                                     'doublereblur': str(focus.DoubleReblurParams()),
+                                     'doublereblur': focus.DoubleReblurParams().as_list(),
                                      'rows': rows, 'summary': {str(k): v for k, v in summary.items()}})
 
 

@@ -214,41 +214,63 @@ def test_bad_input_gives_one_clear_line(lf_folder, tmp_path, case, match):
 
 
 def test_x1_ceiling_bounds_are_ordered_on_the_synthetic_light_field(lf_folder, tmp_path):
-  """experiments/x1_ceiling.py: the per-pixel oracle selection can be no worse than any other selection
-  (the map, the windowed oracles, the |Laplacian| rule), and the per-pixel best convex blend no worse
-  than the per-pixel selection (its vertices). A swapped argmin / argmax or a blend that leaves the
-  simplex breaks these orderings or the blend's check below."""
+  """experiments/x1_ceiling.py: the per-pixel oracle selection is no worse than any other selection (the
+  map, the windowed oracles, the |Laplacian| rule), the per-pixel best convex blend no worse than any
+  selection or feathered blend, and a window of sigma 0.01 (an identity kernel) turns the windowed
+  oracle into the per-pixel one."""
   out = tmp_path / 'ceiling.json'
   r = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'x1_ceiling.py'),
                       f'--lightfield={lf_folder / "views"}', '--regions=0:0', f'--region_size={SIZE}',
-                      '--num_planes=2,3', f'--json={out}'], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
-                     capture_output=True, text=True, timeout=300)
+                      '--num_planes=2,3', '--window_sigmas=0.01,2', f'--json={out}'], cwd=ROOT,
+                     env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   d = json.loads(out.read_text())
   assert [row['num_planes'] for row in d['rows']] == [2, 3]
   for row in d['rows']:
     p = {k: v['PSNR'] for k, v in row['scores'].items()}
-    selections = [k for k in p if k == 'map' or k.startswith('laplacian') or k.startswith('oracle window')]
-    assert len(selections) == 7, p
+    selections = ['map', 'laplacian 0.01', 'laplacian 2', 'oracle window 0.01', 'oracle window 2']
+    assert set(p) == set(selections) | {'feather 1', 'feather 2', 'oracle pixel', 'oracle blend'}, p
     assert all(p['oracle pixel'] >= p[k] - 1e-6 for k in selections), p
-    assert p['oracle blend'] >= p['oracle pixel'] - 1e-6, p
+    assert all(p['oracle blend'] >= p[k] - 1e-6 for k in p), p
+    assert abs(p['oracle window 0.01'] - p['oracle pixel']) < 1e-6, p
   assert '| 3 (1 regions) |' in r.stdout
 
 
-def test_x1_ceiling_oracle_blend_matches_a_dense_search_of_the_simplex():
-  sys.path.insert(0, ROOT)
-  from experiments import x1_ceiling  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(3)
-  stack = rng.random((3, 4, 5, 3)).astype(np.float32)
-  gt = rng.random((4, 5, 3)).astype(np.float32)
-  blend = x1_ceiling.oracle_blend(stack, gt).astype(np.float64)
-  err = ((blend - gt) ** 2).sum(-1)
-  # Every convex weight (a, b, 1 - a - b) on a 1/200 grid.
-  a, b = np.meshgrid(np.arange(201) / 200, np.arange(201) / 200, indexing='ij')
+def _dense_simplex_best(stack, gt, steps=200):
+  """Smallest squared error over convex weights of 3 inputs on a 1/steps grid, per pixel."""
+  a, b = np.meshgrid(np.arange(steps + 1) / steps, np.arange(steps + 1) / steps, indexing='ij')
   keep = a + b <= 1 + 1e-12
   w = np.stack([a[keep], b[keep], 1 - a[keep] - b[keep]])  # [3, G]
   fits = np.einsum('ng,nhwc->ghwc', w, stack.astype(np.float64))
-  dense = ((fits - gt[None]) ** 2).sum(-1).min(0)
+  return ((fits - gt[None]) ** 2).sum(-1).min(0)
+
+
+@pytest.mark.parametrize('channels', [3, 1])
+def test_oracle_blend_matches_a_dense_search_of_the_simplex(channels):
+  """The exact per-pixel convex blend against a 1/200 grid of the weights, for 3 inputs in colour and in
+  grey (where the 3-input face is underdetermined and must come from the 2-input faces)."""
+  sys.path.insert(0, ROOT)
+  from experiments import oracles  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  stack = rng.random((3, 4, 5, channels)).astype(np.float32)
+  gt = rng.random((4, 5, channels)).astype(np.float32)
+  err = ((oracles.oracle_blend(stack, gt).astype(np.float64) - gt) ** 2).sum(-1)
+  dense = _dense_simplex_best(stack, gt)
   # The exact optimum is never above the grid's best (a blend outside the simplex would be far below it).
   assert np.all(err <= dense + 1e-6), (err, dense)
   np.testing.assert_allclose(err, dense, atol=2e-5)
+
+
+def test_laplacian_selection_picks_the_sharp_input_and_window_oracle_the_true_one():
+  sys.path.insert(0, ROOT)
+  from experiments import oracles  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  sharp = cv2.GaussianBlur(rng.random((24, 24, 3)).astype(np.float32), (3, 3), 0.6)
+  blurred = cv2.GaussianBlur(sharp, (9, 9), 2.5)
+  left = (np.arange(24) < 12)[None, :, None]
+  a, b = np.where(left, sharp, blurred), np.where(left, blurred, sharp)  # Each sharp on one half.
+  stack = np.stack([a, b])
+  inner = np.s_[:, 3:9]  # Away from the border between the halves (a window straddles it).
+  np.testing.assert_array_equal(oracles.laplacian_selection(stack, 1.0)[inner], sharp[inner])
+  np.testing.assert_array_equal(oracles.oracle_window(stack, sharp, 1.0)[inner], sharp[inner])
+  np.testing.assert_array_equal(oracles.oracle_pixel(stack, sharp), sharp)
