@@ -50,15 +50,18 @@ class ImageInfo:
     return dataclasses.asdict(self)
 
 
-def exif_orientation(data: bytes) -> int:
-  """The EXIF orientation tag (1-8) of a JPEG or TIFF file's bytes; 1 when there is none."""
-  def ifd0_orientation(tiff: bytes) -> int:
+def _orientation_entry(data: bytes) -> tuple[int, int, str]:
+  """(orientation 1-8, byte offset of its value in data or -1, byte order '<' / '>') of a JPEG's or
+  TIFF's EXIF / IFD0 Orientation tag; (1, -1, '<') when there is none or it is malformed."""
+  none = (1, -1, '<')
+
+  def ifd0(base: int, tiff: bytes):
     if tiff[:4] not in (b'II*\x00', b'MM\x00*'):
-      return 1
+      return none
     end = '<' if tiff[:2] == b'II' else '>'
     (offset,) = np.frombuffer(tiff[4:8], end + 'u4')
     if offset + 2 > len(tiff):
-      return 1
+      return none
     (count,) = np.frombuffer(tiff[offset:offset + 2], end + 'u2')
     for i in range(int(count)):
       e = offset + 2 + 12 * i
@@ -67,20 +70,44 @@ def exif_orientation(data: bytes) -> int:
       tag, typ = np.frombuffer(tiff[e:e + 4], end + 'u2')
       if tag == 0x0112 and typ == 3:  # Orientation, SHORT.
         (value,) = np.frombuffer(tiff[e + 8:e + 10], end + 'u2')
-        return int(value) if 1 <= value <= 8 else 1
-    return 1
+        return (int(value), base + e + 8, end) if 1 <= value <= 8 else none
+    return none
 
   if data[:2] == b'\xff\xd8':  # JPEG: look for the APP1 'Exif' segment before the image data.
     i = 2
     while i + 4 <= len(data) and data[i] == 0xFF:
       marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], 'big')
       if marker == 0xE1 and data[i + 4:i + 10] == b'Exif\x00\x00':
-        return ifd0_orientation(data[i + 10:i + 2 + length])
+        return ifd0(i + 10, data[i + 10:i + 2 + length])
       if marker in (0xDA, 0xD9):  # Start of scan / end of image: no EXIF before the pixels.
         break
       i += 2 + length
-    return 1
-  return ifd0_orientation(data[:1 << 20])
+    return none
+  return ifd0(0, data[:1 << 20])
+
+
+def exif_orientation(data: bytes) -> int:
+  """The EXIF orientation tag (1-8) of a JPEG or TIFF file's bytes; 1 when there is none."""
+  return _orientation_entry(data)[0]
+
+
+def decode_upright(data: np.ndarray, path: str) -> np.ndarray | None:
+  """cv2.imdecode(IMREAD_UNCHANGED) of a file's bytes, turned upright by its EXIF orientation.
+
+  Whether OpenCV's decoders apply the orientation themselves differs by format and version (OpenCV 5's
+  TIFF decoder does, even with IMREAD_IGNORE_ORIENTATION; its JPEG decoder does not under
+  IMREAD_UNCHANGED). So the tag is set to 1 in a copy of the bytes before decoding, which gives the
+  stored pixels with every decoder, and the orientation is applied here, once."""
+  orientation, at, end = _orientation_entry(data.tobytes())
+  if orientation == 1:
+    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+  stored = data.copy()
+  stored[at:at + 2] = np.frombuffer(np.array([1], end + 'u2').tobytes(), np.uint8)
+  im = cv2.imdecode(stored, cv2.IMREAD_UNCHANGED)
+  if im is None:
+    return None
+  logging.info('%s: applying its EXIF orientation %d', path, orientation)
+  return apply_orientation(im, orientation)
 
 
 def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
@@ -103,15 +130,11 @@ def read_image(path: str) -> tuple[np.ndarray, ImageInfo]:
   data = np.fromfile(path, dtype=np.uint8)
   if data.size == 0:
     raise InputError(f'{path}: file is empty')
-  im = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+  im = decode_upright(data, path)
   if im is None:
     raise InputError(f'{path}: not an image OpenCV can decode (PNG, JPEG, BMP, TIFF, ...)')
   if im.ndim == 2:
     im = im[..., None]
-  orientation = exif_orientation(data.tobytes())
-  if orientation != 1:
-    logging.info('%s: applying its EXIF orientation %d', path, orientation)
-    im = apply_orientation(im, orientation)
   had_alpha = False
   if im.shape[2] == 4:
     logging.warning('%s: dropping the alpha channel', path)

@@ -196,6 +196,48 @@ def test_exif_orientation_is_applied_as_opencv_does(tmp_path, orientation):
     assert got.shape[:2] == (40, 24)  # Turned a quarter.
 
 
+def _tiff_with_orientation(grey, orientation, big_endian=False):
+  """A minimal uncompressed single-strip grey TIFF (8 or 16 bit) whose IFD0 has an Orientation tag."""
+  e = '>' if big_endian else '<'
+  h, w = grey.shape
+  bits = grey.dtype.itemsize * 8
+  pixels = grey.astype(e + ('u1' if bits == 8 else 'u2')).tobytes()
+  entries = [(0x0100, 4, w), (0x0101, 4, h), (0x0102, 3, bits), (0x0103, 3, 1), (0x0106, 3, 1),
+             (0x0111, 4, 0), (0x0112, 3, orientation), (0x0115, 3, 1), (0x0116, 4, h),
+             (0x0117, 4, len(pixels))]
+  ifd_size = 2 + 12 * len(entries) + 4
+  data_at = 8 + ifd_size
+  out = (b'MM\x00*' if big_endian else b'II*\x00') + np.array([8], e + 'u4').tobytes()
+  out += np.array([len(entries)], e + 'u2').tobytes()
+  for tag, typ, value in entries:
+    value = data_at if tag == 0x0111 else value
+    out += np.array([tag, typ], e + 'u2').tobytes() + np.array([1], e + 'u4').tobytes()
+    out += (np.array([value, 0], e + 'u2').tobytes() if typ == 3 else np.array([value], e + 'u4').tobytes())
+  out += np.array([0], e + 'u4').tobytes()  # No next IFD.
+  return out + pixels
+
+
+@pytest.mark.parametrize('orientation', [1, 2, 3, 6, 8])
+@pytest.mark.parametrize('dtype', [np.uint8, np.uint16])
+def test_tiff_exif_orientation_is_applied_once(tmp_path, orientation, dtype):
+  """OpenCV 5's TIFF decoder turns the pixels upright itself, its JPEG decoder does not (IMREAD_UNCHANGED):
+  either way the image must be turned exactly once (it was turned twice for TIFF)."""
+  rng = np.random.default_rng(orientation)
+  top = np.iinfo(dtype).max
+  stored = (rng.random((12, 20)) * top).astype(dtype)
+  stored[:3, :5] = top  # A bright corner, so every flip and turn is visible.
+  path = tmp_path / 'o.tif'
+  path.write_bytes(_tiff_with_orientation(stored, orientation, big_endian=orientation % 2 == 0))
+  assert image_io.exif_orientation(path.read_bytes()) == orientation
+  got, info = image_io.read_image(str(path))
+  upright = image_io.apply_orientation(stored, orientation)
+  assert got.shape == upright.shape + (1,) and (info.height, info.width) == upright.shape
+  assert info.bit_depth == (8 if dtype == np.uint8 else 16)
+  np.testing.assert_array_equal(np.round(got[..., 0] * top).astype(dtype), upright)
+  if orientation == 1:  # The hand-made file decodes to the stored pixels when nothing is to be turned.
+    np.testing.assert_array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), stored)
+
+
 def test_exif_orientation_absent_or_malformed_is_1():
   assert image_io.exif_orientation(b'\xff\xd8\xff\xda') == 1  # JPEG without EXIF.
   assert image_io.exif_orientation(b'\x89PNG\r\n') == 1
