@@ -434,6 +434,23 @@ def remove_stale_staging(output_dir: str) -> list:
   return removed
 
 
+def _check_movable(output_dir: str, name: str) -> None:
+  """Refuses an existing output folder that cannot be renamed (a mount point, e.g. a container's volume,
+  or an immutable folder): results are moved into place by renaming, so the run would otherwise fail
+  only at its end. Probed by renaming the folder (empty or a previous result, `check_output_dir`) to a
+  sibling name and straight back."""
+  if not os.path.isdir(output_dir) or os.path.islink(output_dir):
+    return
+  probe = tempfile.mktemp(prefix=_staging_prefix(output_dir, 'old'), dir=os.path.dirname(output_dir))
+  try:
+    os.rename(output_dir, probe)
+  except OSError as e:
+    raise InputError(f'{name}: cannot be replaced by a new result ({e.strerror or e}: a mount point such '
+                     f'as a container volume, or a locked folder); give a new folder inside it, e.g. '
+                     f'--output_dir={os.path.join(name, "run1")}') from None
+  os.rename(probe, output_dir)
+
+
 def _staging_prefix(output_dir: str, kind: str) -> str:
   return f'.{os.path.basename(output_dir)}.{kind}-{socket.gethostname()}-{os.getpid()}-'
 
@@ -453,9 +470,11 @@ class StagingDir:
 
   def __init__(self, output_dir: str, protect: Sequence[str] = ()):
     """`protect`: paths (the inputs) that must not lie inside `output_dir`."""
-    self.output_dir = os.path.abspath(os.fspath(output_dir))
+    # A symlink to a folder: the results go to its target (the link itself is left as it is).
+    self.output_dir = os.path.realpath(os.fspath(output_dir))
     parent = os.path.dirname(self.output_dir)
     check_output_dir(output_dir, protect)
+    _check_movable(self.output_dir, output_dir)  # Before removing stale folders: see __exit__.
     remove_stale_staging(self.output_dir)
     try:
       os.makedirs(parent, exist_ok=True)
@@ -476,6 +495,8 @@ class StagingDir:
       self.commit()
       return False
     finally:
+      # A folder kept by a failed commit is unlocked here; the next run into the same output folder would
+      # remove it as stale, but a commit that failed here makes that run fail first (`_check_movable`).
       _unlock(self._lock)
 
   def commit(self) -> None:
@@ -487,17 +508,19 @@ class StagingDir:
       old_lock = _lock_dir(self.output_dir)  # The lock moves with the folder: .old- is in use.
       try:
         os.rename(self.output_dir, old)
-      except OSError:
+      except OSError as e:
         _unlock(old_lock)
-        raise
+        raise InputError(f'{self.output_dir}: could not move the previous results aside '
+                         f'({e.strerror or e}); the new results are in {self.path}') from None
       logging.warning('%s existed: replaced by the new results', self.output_dir)
     try:
       try:
         os.rename(self.path, self.output_dir)
-      except OSError:
+      except OSError as e:
         if old is not None:
           os.rename(old, self.output_dir)  # Put the previous result back.
-        raise
+        raise InputError(f'{self.output_dir}: could not move the results into place '
+                         f'({e.strerror or e}); they are in {self.path}') from None
       if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     finally:

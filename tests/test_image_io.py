@@ -342,11 +342,49 @@ def test_commit_puts_the_previous_result_back_when_the_new_one_cannot_move_in(tm
     return real_rename(src, dst)
 
   monkeypatch.setattr(image_io.os, 'rename', failing_rename)
-  with pytest.raises(OSError, match='No space'):
+  with pytest.raises(InputError, match=r'out: could not move the results into place \(No space left on '
+                     r'device\); they are in .*\.out\.tmp-'):
     with image_io.StagingDir(str(out)) as tmp:
-      (tmp_path / 'unused').write_text('')
+      image_io.write_json(os.path.join(tmp, 'summary.json'), {'new': 1})
   assert (out / 'summary.json').read_bytes() == before
   assert not [n for n in os.listdir(tmp_path) if '.old-' in n]
+  kept = [n for n in os.listdir(tmp_path) if '.tmp-' in n]  # The finished results, where the error says.
+  assert len(kept) == 1 and os.listdir(tmp_path / kept[0]) == ['summary.json']
+
+
+def test_output_dir_that_cannot_be_renamed_is_refused_before_any_work(tmp_path, monkeypatch):
+  """A mount point (a container's volume) cannot be renamed: refused up front, not after the run."""
+  out = tmp_path / 'volume'
+  out.mkdir()
+  real_rename = os.rename
+
+  def busy(src, dst):
+    if os.fspath(src) == str(out):
+      raise OSError(16, 'Device or resource busy')
+    return real_rename(src, dst)
+
+  monkeypatch.setattr(image_io.os, 'rename', busy)
+  with pytest.raises(InputError, match=r'volume: cannot be replaced by a new result \(Device or resource '
+                     r'busy: a mount point .*--output_dir=.*volume/run1'):
+    image_io.StagingDir(str(out))
+  assert sorted(os.listdir(tmp_path)) == ['volume'] and not os.listdir(out)  # Nothing made or left.
+  monkeypatch.setattr(image_io.os, 'rename', real_rename)
+  with image_io.StagingDir(str(out)) as tmp:  # The probe puts a movable folder back where it was.
+    image_io.write_json(os.path.join(tmp, 'summary.json'), {'a': 1})
+  assert sorted(os.listdir(tmp_path)) == ['volume'] and os.listdir(out) == ['summary.json']
+
+
+def test_symlinked_output_dir_gets_the_results_in_its_target(tmp_path):
+  (tmp_path / 'big_disk').mkdir()
+  target = tmp_path / 'big_disk' / 'out'
+  _previous_result(target, ['old.txt'])
+  link = tmp_path / 'link'
+  link.symlink_to(target, target_is_directory=True)
+  with image_io.StagingDir(str(link)) as tmp:
+    image_io.write_image(os.path.join(tmp, 'x.png'), _rgb())
+  assert link.is_symlink() and os.readlink(link) == str(target)
+  assert os.listdir(target) == ['x.png']
+  assert sorted(os.listdir(tmp_path)) == ['big_disk', 'link'] and os.listdir(tmp_path / 'big_disk') == ['out']
 
 
 def test_check_output_dir(tmp_path, monkeypatch):
