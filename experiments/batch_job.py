@@ -87,14 +87,32 @@ def sha256_file(path: str) -> str:
   return h.hexdigest()
 
 
+def result_folder_kind(folder: str) -> str | None:
+  """'batch' if folder holds a batch manifest of this tool, 'scene' if it holds a single-scene
+  summary.json of this tool, else None: such folders hold results, not a scene's inputs."""
+  for name, kind, key in ((MANIFEST, 'batch', 'scenes'), ('summary.json', 'scene', 'dfp_jax_version')):
+    try:
+      with open(os.path.join(folder, name), encoding='utf-8') as fh:
+        if key in json.load(fh):
+          return kind
+    except (OSError, ValueError, TypeError):
+      pass
+  return None
+
+
 def discover_scenes(input_dir: str) -> list[tuple[str, list[str]]]:
-  """[(scene name, [input paths in name order])] for every subfolder of input_dir."""
+  """[(scene name, [input paths in name order])] for every subfolder of input_dir, except hidden ones and
+  folders of this tool's results (a batch output folder, a single-scene result), which are logged."""
   if not os.path.isdir(input_dir):
     raise errors.InputError(f'{input_dir}: --input_dir is not a folder')
   scenes = []
   for name in sorted(os.listdir(input_dir)):
     folder = os.path.join(input_dir, name)
     if name.startswith('.') or not os.path.isdir(folder):
+      continue
+    kind = result_folder_kind(folder)
+    if kind:
+      logging.info('%s: skipped, it holds dfp_jax %s results, not a scene\'s inputs', folder, kind)
       continue
     files = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
              if os.path.splitext(f)[1].lower() in image_io.READ_EXTENSIONS
@@ -209,8 +227,13 @@ def run_batch(f) -> int:
   if image_io.is_inside(f.input_dir, output_dir):
     raise errors.InputError(f'--output_dir={f.output_dir} holds --input_dir={f.input_dir}: the scenes\' result '
                             'folders would replace the input scene folders; choose another --output_dir')
-  all_scenes = [(name, paths) for name, paths in discover_scenes(f.input_dir)
-                # --output_dir inside --input_dir: its folder is not a scene.
+  found = discover_scenes(f.input_dir)
+  for name, paths in found:
+    if paths and os.path.realpath(output_dir) == os.path.realpath(os.path.join(f.input_dir, name)):
+      raise errors.InputError(f'--output_dir={f.output_dir} is the scene folder {os.path.join(f.input_dir, name)}, '
+                              'which holds that scene\'s inputs; choose another --output_dir')
+  all_scenes = [(name, paths) for name, paths in found
+                # --output_dir inside --input_dir (a new or result folder, checked above): not a scene.
                 if not image_io.is_inside(os.path.join(f.input_dir, name), output_dir)]
   if not all_scenes:
     raise errors.InputError(f'{f.input_dir}: no scene subfolders besides --output_dir')

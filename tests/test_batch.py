@@ -337,3 +337,30 @@ def test_two_processes_share_the_scene_list(tmp_path):
   m = json.loads((out / 'manifest.json').read_text())['scenes']
   assert sorted(m) == ['scene0', 'scene1', 'scene2']
   assert all(e['status'] == 'done' for e in m.values())
+
+
+def test_batch_skips_result_folders_and_refuses_a_scene_folder_as_output(tmp_path):
+  """A previous batch output (manifest.json) or single-scene result (summary.json) inside the dataset is
+  not a scene (its images are results); --output_dir naming a scene folder is refused, not skipped."""
+  sys.path.insert(0, ROOT)
+  from experiments import batch_job  # pylint: disable=g-import-not-at-top
+  data = _dataset(tmp_path / 'data', bad=False)
+  (data / 'old_batch').mkdir()
+  (data / 'old_batch' / 'manifest.json').write_text(json.dumps({'scenes': {}}))
+  assert cv2.imwrite(str(data / 'old_batch' / 'stray.png'), np.zeros((8, 8, 3), np.uint8))
+  (data / 'old_single').mkdir()
+  for name in ('fused.png', 'comparison.png'):
+    assert cv2.imwrite(str(data / 'old_single' / name), np.zeros((8, 8, 3), np.uint8))
+  (data / 'old_single' / 'summary.json').write_text(json.dumps({'dfp_jax_version': '0'}))
+  (data / 'notes').mkdir()  # A folder with a summary.json of someone else's stays a (failing) scene.
+  (data / 'notes' / 'summary.json').write_text(json.dumps({'title': 'x'}))
+  assert batch_job.result_folder_kind(str(data / 'old_batch')) == 'batch'
+  assert batch_job.result_folder_kind(str(data / 'old_single')) == 'scene'
+  assert batch_job.result_folder_kind(str(data / 'scene0')) is None
+  names = [n for n, _ in batch_job.discover_scenes(str(data))]
+  assert names == ['notes', 'scene0', 'scene1', 'scene2']
+  r = _run([f'--input_dir={data}', f'--output_dir={data / "scene1"}'] + TINY_FLAGS)
+  assert r.returncode == 2, r.stderr[-2000:]
+  err = [l for l in r.stderr.splitlines() if l.startswith('error: ')]
+  assert len(err) == 1 and 'is the scene folder' in err[0] and 'Traceback' not in r.stderr
+  assert sorted(os.listdir(data / 'scene1')) == ['A.png', 'B.png']
