@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 from dfp_jax.focus import DoubleReblurParams
 from dfp_jax.losses import LossWeights
@@ -89,8 +90,13 @@ class FusionConfig:
       raise ValueError(f'iters must be >= 1, got {self.iters}')
     if self.mask_iters < 0:
       raise ValueError(f'mask_iters must be >= 0, got {self.mask_iters}')
-    if not (self.lr > 0 and self.mask_lr > 0):
-      raise ValueError(f'learning rates must be > 0, got lr={self.lr}, mask_lr={self.mask_lr}')
+    if not (0 < self.lr < math.inf and 0 < self.mask_lr < math.inf):
+      raise ValueError(f'learning rates must be finite and > 0, got lr={self.lr}, mask_lr={self.mask_lr}')
+    w = self.weights
+    terms = (w.alpha, w.beta, w.gamma) + tuple(w.content or ())
+    if not all(0 <= t < math.inf for t in terms) or not (w.alpha > 0 or w.beta > 0 or w.gamma > 0):
+      raise ValueError(f'loss weights must be finite and >= 0, and not all 0, got alpha={w.alpha}, '
+                       f'beta={w.beta}, gamma={w.gamma}' + (f', content={w.content}' if w.content else ''))
     if self.input_type not in INPUT_TYPES:
       raise ValueError(f"input_type must be one of {INPUT_TYPES}, got '{self.input_type}'")
     if self.output_bias not in OUTPUT_BIASES:
@@ -107,9 +113,11 @@ class FusionConfig:
       raise ValueError(f"loop must be 'auto', 'scan' or 'python', got '{self.loop}'")
     if self.stop not in STOPS:
       raise ValueError(f"stop must be one of {STOPS}, got '{self.stop}'")
-    if not (self.stop_tol > 0 and self.stop_window >= 1 and self.stop_min_iters >= 0 and
-            self.stop_patience >= 1):
-      raise ValueError('stop_tol must be > 0, stop_window and stop_patience >= 1, stop_min_iters >= 0')
+    for name, ok in (('stop_tol', self.stop_tol > 0), ('stop_window', self.stop_window >= 1),
+                     ('stop_min_iters', self.stop_min_iters >= 0), ('stop_patience', self.stop_patience >= 1)):
+      if not ok:
+        bound = '> 0' if name == 'stop_tol' else ('>= 0' if name == 'stop_min_iters' else '>= 1')
+        raise ValueError(f'{name} must be {bound}, got {getattr(self, name)}')
     if self.cpu_conv not in CPU_CONVS:
       raise ValueError(f"cpu_conv must be one of {CPU_CONVS}, got '{self.cpu_conv}'")
     if self.compute_dtype not in DTYPES:

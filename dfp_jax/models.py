@@ -244,8 +244,11 @@ class NetConfig:
                        f'{self.channels_down}, {self.channels_up}, {self.channels_skip}')
     if len(self.channels_down) < 1:
       raise ValueError('a SKIPnet needs at least one scale')
+    if min(self.channels_down + self.channels_up) < 1 or min(self.channels_skip) < 0:
+      raise ValueError(f'channels must be >= 1 and skip channels >= 0 at every scale, got '
+                       f'{list(self.channels_down)}, {list(self.channels_up)}, skip {list(self.channels_skip)}')
     if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-      raise ValueError(f'kernel_size must be odd, got {self.kernel_size}')
+      raise ValueError(f'kernel_size must be a positive odd integer, got {self.kernel_size}')
     if self.upsample not in ('bilinear', 'nearest'):
       raise ValueError(f"upsample must be 'bilinear' or 'nearest', got '{self.upsample}'")
     if self.strided_conv not in STRIDED_CONVS:

@@ -65,7 +65,8 @@ def define_flags():
                      'used for N = 2.')
   flags.DEFINE_float('lr', 1e-3, 'Adam learning rate of the main stage.')
   flags.DEFINE_float('mask_lr', 1e-3, 'Adam learning rate of the decision embedding.')
-  flags.DEFINE_integer('seed', 0, 'Seed of the PRNG key (network init, noise input).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the PRNG key (network init, noise input); JAX\'s seeds are 32-bit.',
+                       lower_bound=0, upper_bound=2**32 - 1)
   flags.DEFINE_enum('input_type', 'mean', ['mean', 'noise'], 'Network input z: bicubic of the inputs\' '
                     'mean, or uniform noise (deep image prior).')
   flags.DEFINE_enum('output_bias', 'mean', ['mean', 'zero'], 'Initial bias of the image net\'s sigmoid '
@@ -162,6 +163,12 @@ def setup_runtime(f):
   # JAX's platform probing logs at INFO ("Unable to initialize backend 'tpu'") on every CPU run; its
   # warnings (e.g. a GPU present without a CUDA jaxlib) still show.
   std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
+  try:  # A --jax_platforms (or JAX_PLATFORMS) this machine cannot give fails deep inside JAX otherwise.
+    jax.devices()
+  except (RuntimeError, AssertionError) as e:
+    platforms = jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS') or 'default'
+    raise errors.InputError(f'JAX backend {platforms!r} is not available here ({str(e).strip() or type(e).__name__}); '
+                            'check --jax_platforms / JAX_PLATFORMS and the installed jaxlib') from None
   if f.compilation_cache:
     try:
       os.makedirs(f.compilation_cache_dir, exist_ok=True)

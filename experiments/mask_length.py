@@ -39,7 +39,7 @@ from experiments import bench_scene
 # --scenes, --scale, --mask_iters and --json are bench_scene.py's flags (imported above).
 flags.DEFINE_list('checkpoints', ['150', '250', '350', '500'], 'Embedding lengths to fuse from (each a '
                   'multiple of the stop window, at most --mask_iters).')
-flags.DEFINE_integer('seed', 0, 'PRNG seed (as run.py --seed).')
+flags.DEFINE_integer('seed', 0, 'PRNG seed (as run.py --seed).', lower_bound=0, upper_bound=2**32 - 1)
 FLAGS = flags.FLAGS
 
 

@@ -99,6 +99,13 @@ def files(tmp_path_factory):
     ('positional', 'unexpected positional arguments'),
     ('enum', 'flag --doublereblur_rule=otsu: value should be one of <compare|threshold>'),
     ('unknown', 'Unknown command line flag \'scael\''),
+    ('seed', 'flag --seed=4294967296: 4294967296 is not an integer in the range [0, 4294967295]'),
+    ('channels', 'channels must be >= 1 and skip channels >= 0 at every scale'),
+    ('skip_negative', 'channels must be >= 1 and skip channels >= 0 at every scale'),
+    ('lr_inf', 'learning rates must be finite and > 0, got lr=inf'),
+    ('weights_zero', 'loss weights must be finite and >= 0, and not all 0'),
+    ('weights_negative', 'loss weights must be finite and >= 0, and not all 0, got alpha=-1.0'),
+    ('backend', "JAX backend 'nosuchplatform' is not available here"),
 ])
 def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
   out = tmp_path / 'out'
@@ -127,10 +134,18 @@ def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
       'positional': [f'--inputs={a},{b}', 'extra'],
       'enum': [f'--inputs={a},{b}', '--doublereblur_rule=otsu'],
       'unknown': [f'--inputs={a},{b}', '--scael=2'],
+      'seed': [f'--inputs={a},{b}', '--seed=4294967296'],  # JAX's seeds are 32-bit: it would repeat seed 0.
+      'channels': [f'--inputs={a},{b}', '--channels=0,8', '--skip_channels=2,2', '--mask_skip_channels=0,2'],
+      'skip_negative': [f'--inputs={a},{b}', '--channels=4,8', '--skip_channels=-1,2',
+                        '--mask_skip_channels=0,2'],
+      'lr_inf': [f'--inputs={a},{b}', '--lr=inf'],
+      'weights_zero': [f'--inputs={a},{b}', '--loss_weights=0,0,0'],
+      'weights_negative': [f'--inputs={a},{b}', '--loss_weights=-1,0.5,0.1'],
+      'backend': [f'--inputs={a},{b}', '--jax_platforms=nosuchplatform'],  # (cuda on a CPU-only jaxlib too.)
   }[case]
   if not any(x.startswith('--output_dir') for x in args):
     args.append(f'--output_dir={out}')
-  if case not in ('small', 'memory'):
+  if case not in ('small', 'memory', 'channels', 'skip_negative'):
     args += TINY_FLAGS
   r = _run(args)
   assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
