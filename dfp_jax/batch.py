@@ -467,7 +467,9 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
   report = BatchReport()
   t_start = time.perf_counter()
 
-  def finish(i, value):
+  def finish(i, value, strategy=None):
+    if strategy is not None and not isinstance(value, BatchError):
+      value.timings['strategy'] = strategy  # Which program made it: strategies differ in rounding.
     results[i] = value
     if on_result is not None:
       on_result(i, value)
@@ -538,7 +540,7 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
           finish(i, BatchError(f'{names[i]}: out of memory for one scene of {h}x{w} '
                                f'({type(e).__name__}); crop or downsample it'))
           continue
-        finish(i, res)
+        finish(i, res, 'loop')
         continue
       idx = [start + j for j in range(len(part))]
       idx += [idx[0]] * (g - len(part))  # Dummy copies fill the last group: no new compilation.
@@ -559,12 +561,12 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
         # Find which scene diverged: redo them one by one (rare).
         for i, x in part:
           try:
-            finish(i, fusion.fuse(list(x), config=config, key=keys[i], progress=progress))
+            finish(i, fusion.fuse(list(x), config=config, key=keys[i], progress=progress), 'loop')
           except optimize.NonFiniteLossError as e1:
             finish(i, BatchError(f'{names[i]}: {e1}'))
         continue
       for (i, _), res in zip(part, group_results):
-        finish(i, res)
+        finish(i, res, chosen)
   report.seconds = time.perf_counter() - t_start
   report.scene_iterations = sum(int(r.timings.get('mask_steps', 0)) + int(r.timings.get('main_steps', 0))
                                 for r in results if isinstance(r, fusion.FusionResult))

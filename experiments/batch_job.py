@@ -216,6 +216,7 @@ def init_distributed(f):
       raise ValueError('--num_processes > 1 needs --coordinator_address=host:port')
     jax.distributed.initialize(coordinator_address=f.coordinator_address,
                                num_processes=f.num_processes, process_id=f.process_id)
+    cli.check_backend()
   return jax.process_index(), jax.process_count()
 
 
@@ -313,6 +314,7 @@ def run_batch(f) -> int:
         seconds = float(result.timings.get('total_s', seconds))
         entry = _entry('done', files=files, inputs=inputs_sha, seconds=seconds,
                        group_size=result.timings.get('group_size', 1),
+                       strategy=result.timings.get('strategy'),
                        iterations={'mask': result.timings.get('mask_steps', 0),
                                    'main': result.timings.get('main_steps')})
     entry['config_sha256'] = cfg_sha

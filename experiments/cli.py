@@ -163,12 +163,8 @@ def setup_runtime(f):
   # JAX's platform probing logs at INFO ("Unable to initialize backend 'tpu'") on every CPU run; its
   # warnings (e.g. a GPU present without a CUDA jaxlib) still show.
   std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
-  try:  # A --jax_platforms (or JAX_PLATFORMS) this machine cannot give fails deep inside JAX otherwise.
-    jax.devices()
-  except (RuntimeError, AssertionError) as e:
-    platforms = jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS') or 'default'
-    raise errors.InputError(f'JAX backend {platforms!r} is not available here ({str(e).strip() or type(e).__name__}); '
-                            'check --jax_platforms / JAX_PLATFORMS and the installed jaxlib') from None
+  if getattr(f, 'num_processes', 1) <= 1:  # Several processes: after jax.distributed.initialize.
+    check_backend()
   if f.compilation_cache:
     try:
       os.makedirs(f.compilation_cache_dir, exist_ok=True)
@@ -177,6 +173,18 @@ def setup_runtime(f):
       jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
     except OSError as e:
       logging.warning('compilation cache disabled: cannot create %s (%s)', f.compilation_cache_dir, e)
+
+
+def check_backend():
+  """A --jax_platforms (or JAX_PLATFORMS) this machine cannot give, as one line: it fails deep inside
+  JAX otherwise (a bare AssertionError for 'cuda' with a CPU-only jaxlib). Initialises the backend."""
+  try:
+    jax.devices()
+  except (RuntimeError, AssertionError) as e:
+    platforms = jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS') or 'default'
+    raise errors.InputError(f'JAX backend {platforms!r} is not available here '
+                            f'({str(e).strip() or type(e).__name__}); check --jax_platforms / '
+                            'JAX_PLATFORMS and the installed jaxlib') from None
 
 
 @contextlib.contextmanager

@@ -83,9 +83,11 @@ def test_vmap_equals_loop_of_single_scenes(scenes, singles, programs):
     chex.assert_shape(r.fused, ref.fused.shape)
     _close(r, ref)
   assert all(v == {'step': 1} for v in report.traces.values()), report.traces
+  assert [r.timings['strategy'] for r in results] == ['vmap'] * len(results)
   loop, _ = batch.fuse_batch(scenes, CFG, strategy='loop', progress=None)
   for r, ref in zip(loop, singles):
     np.testing.assert_array_equal(r.fused, ref.fused)  # The loop is the single-scene program.
+    assert r.timings['strategy'] == 'loop'
 
 
 def test_result_does_not_depend_on_batch_mates(scenes, programs):
@@ -269,6 +271,7 @@ def test_batch_job_manifest_failure_kill_and_resume(tmp_path):
   m = json.loads((out / 'manifest.json').read_text())['scenes']
   assert m['scene0']['seconds'] == done_seconds
   assert [m[f'scene{i}']['status'] for i in range(3)] == ['done'] * 3
+  assert [m[f'scene{i}']['strategy'] for i in range(3)] == ['loop'] * 3
   for i in range(3):
     files = m[f'scene{i}']['files']
     assert {f'scene{i}/fused.png', f'scene{i}/summary.json'} <= set(files)
