@@ -493,10 +493,13 @@ def available_memory(device=None) -> int | None:
   avail = _device_available_memory(device)
   cap = os.environ.get(MEMORY_BUDGET_ENV)
   if cap:
+    raw = cap
     try:
-      cap = int(float(cap))
-    except ValueError:
-      raise InputError(f'{MEMORY_BUDGET_ENV}={cap!r}: expected a number of bytes, e.g. 8e9') from None
+      cap = int(float(raw))
+      if cap <= 0:
+        raise ValueError
+    except (ValueError, OverflowError):
+      raise InputError(f'{MEMORY_BUDGET_ENV}={raw!r}: expected a positive number of bytes, e.g. 8e9') from None
     avail = cap if avail is None else min(avail, cap)
   return avail
 
@@ -558,8 +561,10 @@ def check_memory(height: int, width: int, num_inputs: int, channels: int, config
       hi = mid
   h2, w2 = int(height * lo), int(width * lo)
   if size_shortfall(config, h2, w2):  # Nothing usable fits: the budget is below the runtime's needs.
+    capped = os.environ.get(MEMORY_BUDGET_ENV)
+    binding = bool(capped) and int(float(capped)) == available  # The cap, not the machine, limits.
     fits = (f'no input of this shape fits (each side must be at least {min_input_size(config)} pixels); '
-            'free some memory first')
+            + (f'raise {MEMORY_BUDGET_ENV} (now {capped})' if binding else 'free some memory first'))
   else:
     fits = (f'the largest input of this shape that fits is about {h2}x{w2} (crop or downsample the '
             'inputs, lower --scale, or use --compute_dtype=bfloat16 on an accelerator)')

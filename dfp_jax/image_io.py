@@ -86,6 +86,13 @@ def _orientation_entry(data: bytes) -> tuple[int, int, str]:
   return ifd0(0, data[:1 << 20])
 
 
+def _png_colour_type(data: np.ndarray) -> int | None:
+  """The colour type of a PNG's IHDR (0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA), else None."""
+  if data.size > 25 and data[:8].tobytes() == b'\x89PNG\r\n\x1a\n' and data[12:16].tobytes() == b'IHDR':
+    return int(data[25])
+  return None
+
+
 def exif_orientation(data: bytes) -> int:
   """The EXIF orientation tag (1-8) of a JPEG or TIFF file's bytes; 1 when there is none."""
   return _orientation_entry(data)[0]
@@ -133,12 +140,21 @@ def read_image(path: str) -> tuple[np.ndarray, ImageInfo]:
   im = decode_upright(data, path)
   if im is None:
     raise InputError(f'{path}: not an image OpenCV can decode (PNG, JPEG, BMP, TIFF, ...)')
+  if data[:4].tobytes() in (b'II*\x00', b'MM\x00*'):
+    try:
+      pages = cv2.imcount(path)
+    except cv2.error:
+      pages = 1
+    if pages > 1:
+      logging.warning('%s: a TIFF of %d pages; using the first', path, pages)
   if im.ndim == 2:
     im = im[..., None]
   had_alpha = False
   if im.shape[2] == 4:
     logging.warning('%s: dropping the alpha channel', path)
     im, had_alpha = im[..., :3], True
+    if _png_colour_type(data) == 4:  # Grey + alpha, which OpenCV decodes as BGRA: grey it stays.
+      im = im[..., :1]
   elif im.shape[2] == 2:  # Grey + alpha.
     logging.warning('%s: dropping the alpha channel', path)
     im, had_alpha = im[..., :1], True
@@ -150,9 +166,13 @@ def read_image(path: str) -> tuple[np.ndarray, ImageInfo]:
     depth, out = 16, im.astype(np.float32) / 65535.0
   elif im.dtype in (np.float32, np.float64):
     depth, out = 32, im.astype(np.float32)
-    if not np.all(np.isfinite(out)) or out.min() < 0 or out.max() > 1:
+    bad = int(np.sum(~np.isfinite(out)))
+    if bad:
+      raise InputError(f'{path}: floating-point image must have finite values in [0, 1], got {bad} '
+                       'NaN or infinite value(s)')
+    if out.min() < 0 or out.max() > 1:
       raise InputError(f'{path}: floating-point image must have finite values in [0, 1], '
-                       f'got [{np.nanmin(out):.3g}, {np.nanmax(out):.3g}]')
+                       f'got [{out.min():.3g}, {out.max():.3g}]')
   else:
     raise InputError(f'{path}: unsupported pixel type {im.dtype} (use 8- or 16-bit images)')
   if out.shape[2] == 3:
@@ -175,7 +195,11 @@ def load_inputs(paths: Sequence[str]) -> tuple[list[np.ndarray], list[ImageInfo]
     raise InputError(f'need at least 2 input images, got {len(paths)}: {", ".join(paths) or "none"}')
   seen = {}
   for p in paths:
-    key = os.path.realpath(os.fspath(p)) if os.path.exists(p) else os.fspath(p)
+    if os.path.exists(p):  # The same file under another name, a symlink or a hard link.
+      st = os.stat(p)
+      key = (st.st_dev, st.st_ino)
+    else:
+      key = os.fspath(p)
     if key in seen:
       raise InputError(f'{p}: given twice (also as {seen[key]}); each input must be a different photo')
     seen[key] = p
@@ -323,7 +347,8 @@ def check_replaceable(output_dir: str, protect: Sequence[str] = ()) -> None:
       raise KeyError('dfp_jax_version')
   except (OSError, ValueError, KeyError, TypeError):
     raise InputError(f'{shown}: exists and is not a previous dfp_jax result (no summary.json of ours); '
-                     f'refusing to replace it, which would delete its {len(entries)} entries (e.g. '
+                     f'refusing to replace it, which would delete its {len(entries)} '
+                     f'entr{"y" if len(entries) == 1 else "ies"} (e.g. '
                      f'{entries[0]}): choose another --output_dir or move that folder away') from None
   ours = {os.path.normpath(x).split(os.sep)[0] for x in files} | {'summary.json'}
   extra = [e for e in entries if e not in ours]

@@ -299,11 +299,23 @@ def write_scene_outputs(folder: str, result: fusion.FusionResult, images, infos,
   return summary
 
 
+def _check_commas(paths) -> None:
+  """A file whose name holds a comma cannot be given: --inputs splits at commas. Say so, rather than
+  'file not found' for its pieces."""
+  for i in range(len(paths)):
+    for j in range(i + 2, len(paths) + 1):
+      joined = ','.join(paths[i:j])
+      if not os.path.exists(paths[i]) and os.path.isfile(joined):
+        raise errors.InputError(f'{joined}: its name holds a comma, and --inputs splits at commas; rename '
+                                'the file (or link it under a name without one)')
+
+
 def run_single(f) -> int:
   """The single-scene job: --inputs -> --output_dir."""
   config = config_from_flags(f)
   if not f.inputs:
     raise errors.InputError('no inputs: pass --inputs=a.png,b.png (2 or more images) or a --flagfile')
+  _check_commas(f.inputs)
   images, infos = image_io.load_inputs(f.inputs)
   h, w, c = images[0].shape
   fusion.validate_images(images, config, [i.path for i in infos])

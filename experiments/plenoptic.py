@@ -246,7 +246,9 @@ def run_lightfield(f) -> int:
   logging.info('light field %s: %d views, centre %s (%s), processed view size %dx%dx%d '
                '(crop %s, downsample %d); aperture %s -> %d views', folder, lf.num_views, lf.center,
                center_name, h, w, c, crop, ds, f.aperture, n_aperture)
-  if n_aperture < 2:
+  if lf.num_views < 2:
+    logging.warning('%s holds a single view: every slice is the same image', folder)
+  elif n_aperture < 2:
     logging.warning('--aperture=%s keeps only the centre view: every slice is the same image', f.aperture)
 
   # 2. Focal planes and the focal stack.

@@ -71,6 +71,7 @@ def files(tmp_path_factory):
       'tiny2': _write(d / 'tiny2.png', rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)),
       'huge': _write(d / 'huge.png', np.zeros((4000, 4000, 3), np.uint8)),
       'huge2': _write(d / 'huge2.png', np.zeros((4000, 4000, 3), np.uint8)),
+      'comma': _write(d / 'x,y.png', rng.integers(0, 256, (48, 48, 3)).astype(np.uint8)),
   }
   text = d / 'notes.png'
   text.write_text('hello')
@@ -106,6 +107,7 @@ def files(tmp_path_factory):
     ('weights_zero', 'loss weights must be finite and >= 0, and not all 0'),
     ('weights_negative', 'loss weights must be finite and >= 0, and not all 0, got alpha=-1.0'),
     ('backend', "JAX backend 'nosuchplatform' is not available here"),
+    ('comma', 'x,y.png: its name holds a comma, and --inputs splits at commas'),
 ])
 def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
   out = tmp_path / 'out'
@@ -142,6 +144,7 @@ def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
       'weights_zero': [f'--inputs={a},{b}', '--loss_weights=0,0,0'],
       'weights_negative': [f'--inputs={a},{b}', '--loss_weights=-1,0.5,0.1'],
       'backend': [f'--inputs={a},{b}', '--jax_platforms=nosuchplatform'],  # (cuda on a CPU-only jaxlib too.)
+      'comma': [f'--inputs={files["dir"]}/x,y.png,{b}'],
   }[case]
   if not any(x.startswith('--output_dir') for x in args):
     args.append(f'--output_dir={out}')

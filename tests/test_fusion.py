@@ -196,6 +196,16 @@ def test_check_memory_refuses_with_estimate_and_size_that_fits():
   assert f'at least {fusion.min_input_size(cfg)} pixels' in msg and '0x0' not in msg
 
 
+def test_memory_refusal_names_the_budget_variable_when_it_is_what_limits(monkeypatch):
+  cfg = FusionConfig(scale=4)
+  monkeypatch.delenv(fusion.MEMORY_BUDGET_ENV, raising=False)
+  with pytest.raises(MemoryBudgetError, match='free some memory first'):
+    fusion.check_memory(64, 64, 2, 3, cfg, available=4 * 10 ** 7)
+  monkeypatch.setenv(fusion.MEMORY_BUDGET_ENV, '4e7')
+  with pytest.raises(MemoryBudgetError, match=r'raise DFP_JAX_MEMORY_BUDGET \(now 4e7\)'):
+    fusion.check_memory(64, 64, 2, 3, cfg)
+
+
 def test_memory_budget_environment_caps_the_available_memory(monkeypatch):
   monkeypatch.delenv(fusion.MEMORY_BUDGET_ENV, raising=False)
   free = fusion.available_memory()
@@ -204,6 +214,7 @@ def test_memory_budget_environment_caps_the_available_memory(monkeypatch):
   assert fusion.available_memory() == 10 ** 6
   monkeypatch.setenv(fusion.MEMORY_BUDGET_ENV, str(10 * free))
   assert fusion.available_memory() <= free * 1.05  # A cap never raises what is there (it may move).
-  monkeypatch.setenv(fusion.MEMORY_BUDGET_ENV, 'lots')
-  with pytest.raises(InputError, match="DFP_JAX_MEMORY_BUDGET='lots': expected a number of bytes"):
-    fusion.available_memory()
+  for bad in ('lots', '-5', '0'):
+    monkeypatch.setenv(fusion.MEMORY_BUDGET_ENV, bad)
+    with pytest.raises(InputError, match=f"DFP_JAX_MEMORY_BUDGET='{bad}': expected a positive number of bytes"):
+      fusion.available_memory()

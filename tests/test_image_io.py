@@ -250,11 +250,56 @@ def test_same_file_twice_is_refused_identical_pixels_warned(tmp_path, caplog):
   assert cv2.imwrite(str(a), _rgb())
   with pytest.raises(InputError, match=r'a.png: given twice \(also as'):
     image_io.load_inputs([str(a), str(tmp_path / '.' / 'a.png')])
+  os.link(a, tmp_path / 'hard.png')  # A hard link is the same file too.
+  with pytest.raises(InputError, match=r'hard.png: given twice \(also as'):
+    image_io.load_inputs([str(a), str(tmp_path / 'hard.png')])
   b = tmp_path / 'b.png'
   b.write_bytes(a.read_bytes())
   with caplog.at_level('WARNING'):
     image_io.load_inputs([str(a), str(b)])
   assert 'identical pixels' in caplog.text
+
+
+def _png(width, height, colour_type, rows: bytes) -> bytes:
+  """A minimal 8-bit PNG (one IDAT; rows with their filter bytes)."""
+  import struct
+  import zlib
+
+  def chunk(kind, body):
+    return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+
+  ihdr = struct.pack('>IIBBBBB', width, height, 8, colour_type, 0, 0, 0)
+  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(rows))
+          + chunk(b'IEND', b''))
+
+
+def test_grey_alpha_png_stays_grey(tmp_path, caplog):
+  """OpenCV decodes a grey + alpha PNG as BGRA; after the alpha is dropped it must be grey again (it
+  used to turn colour and a grey partner was then converted to colour)."""
+  grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+  rows = b''.join(b'\x00' + bytes(np.stack([r, np.full(4, 255, np.uint8)], -1).ravel()) for r in grey)
+  path = tmp_path / 'la.png'
+  path.write_bytes(_png(4, 3, 4, rows))
+  with caplog.at_level('WARNING'):
+    im, info = image_io.read_image(str(path))
+  assert 'dropping the alpha channel' in caplog.text
+  assert im.shape == (3, 4, 1) and info.channels == 1 and info.had_alpha
+  np.testing.assert_array_equal(np.round(im[..., 0] * 255).astype(np.uint8), grey)
+
+
+def test_float_tiff_with_nan_names_the_problem_and_multipage_tiff_is_warned(tmp_path, caplog):
+  bad = np.full((4, 5), 0.5, np.float32)
+  bad[1, 2] = np.nan
+  assert cv2.imwrite(str(tmp_path / 'nan.tif'), bad)
+  with pytest.raises(InputError, match=r'nan.tif: floating-point image must have finite values in \[0, 1\], '
+                     r'got 1 NaN or infinite value'):
+    image_io.read_image(str(tmp_path / 'nan.tif'))
+  pages = [np.full((4, 5), 10 * k, np.uint8) for k in range(3)]
+  assert cv2.imwritemulti(str(tmp_path / 'multi.tif'), pages)
+  with caplog.at_level('WARNING'):
+    im, _ = image_io.read_image(str(tmp_path / 'multi.tif'))
+  assert 'multi.tif: a TIFF of 3 pages; using the first' in caplog.text
+  assert np.all(im == 0)
 
 
 def test_auto_bit_depth():
