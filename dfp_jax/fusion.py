@@ -562,7 +562,10 @@ def check_memory(height: int, width: int, num_inputs: int, channels: int, config
   h2, w2 = int(height * lo), int(width * lo)
   if size_shortfall(config, h2, w2):  # Nothing usable fits: the budget is below the runtime's needs.
     capped = os.environ.get(MEMORY_BUDGET_ENV)
-    binding = bool(capped) and int(float(capped)) == available  # The cap, not the machine, limits.
+    try:
+      binding = bool(capped) and int(float(capped)) == available  # The cap, not the machine, limits.
+    except (ValueError, OverflowError):
+      binding = False
     fits = (f'no input of this shape fits (each side must be at least {min_input_size(config)} pixels); '
             + (f'raise {MEMORY_BUDGET_ENV} (now {capped})' if binding else 'free some memory first'))
   else:

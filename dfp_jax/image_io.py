@@ -466,7 +466,8 @@ def _check_movable(output_dir: str, name: str) -> None:
   sibling name and straight back."""
   if not os.path.isdir(output_dir) or os.path.islink(output_dir):
     return
-  probe = tempfile.mktemp(prefix=_staging_prefix(output_dir, 'old'), dir=os.path.dirname(output_dir))
+  probe = tempfile.mkdtemp(prefix=_staging_prefix(output_dir, 'old'), dir=os.path.dirname(output_dir))
+  os.rmdir(probe)  # A fresh name (as `commit` takes one).
   try:
     os.rename(output_dir, probe)
   except OSError as e:
