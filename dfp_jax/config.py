@@ -94,7 +94,8 @@ class FusionConfig:
       raise ValueError(f'learning rates must be finite and > 0, got lr={self.lr}, mask_lr={self.mask_lr}')
     w = self.weights
     terms = (w.alpha, w.beta, w.gamma) + tuple(w.content or ())
-    if not all(0 <= t < math.inf for t in terms) or not (w.alpha > 0 or w.beta > 0 or w.gamma > 0):
+    content_on = w.alpha > 0 and (w.content is None or any(c > 0 for c in w.content))
+    if not all(0 <= t < math.inf for t in terms) or not (content_on or w.beta > 0 or w.gamma > 0):
       raise ValueError(f'loss weights must be finite and >= 0, and not all 0, got alpha={w.alpha}, '
                        f'beta={w.beta}, gamma={w.gamma}' + (f', content={w.content}' if w.content else ''))
     if self.input_type not in INPUT_TYPES:

@@ -83,7 +83,7 @@ def _orientation_entry(data: bytes) -> tuple[int, int, str]:
         break
       i += 2 + length
     return none
-  return ifd0(0, data[:1 << 20])
+  return ifd0(0, data)  # IFD0 may follow the pixels (libtiff writes it last).
 
 
 def _png_colour_type(data: np.ndarray) -> int | None:
@@ -95,7 +95,7 @@ def _png_colour_type(data: np.ndarray) -> int | None:
 
 def exif_orientation(data: bytes) -> int:
   """The EXIF orientation tag (1-8) of a JPEG or TIFF file's bytes; 1 when there is none."""
-  return _orientation_entry(data)[0]
+  return _orientation_entry(memoryview(data))[0]
 
 
 def decode_upright(data: np.ndarray, path: str) -> np.ndarray | None:
@@ -105,7 +105,7 @@ def decode_upright(data: np.ndarray, path: str) -> np.ndarray | None:
   TIFF decoder does, even with IMREAD_IGNORE_ORIENTATION; its JPEG decoder does not under
   IMREAD_UNCHANGED). So the tag is set to 1 in a copy of the bytes before decoding, which gives the
   stored pixels with every decoder, and the orientation is applied here, once."""
-  orientation, at, end = _orientation_entry(data.tobytes())
+  orientation, at, end = _orientation_entry(memoryview(data))
   if orientation == 1:
     return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
   stored = data.copy()
@@ -140,7 +140,7 @@ def read_image(path: str) -> tuple[np.ndarray, ImageInfo]:
   im = decode_upright(data, path)
   if im is None:
     raise InputError(f'{path}: not an image OpenCV can decode (PNG, JPEG, BMP, TIFF, ...)')
-  if data[:4].tobytes() in (b'II*\x00', b'MM\x00*'):
+  if data[:4].tobytes() in (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+'):  # TIFF, BigTIFF.
     try:
       pages = cv2.imcount(path)
     except cv2.error:
@@ -359,12 +359,25 @@ def check_replaceable(output_dir: str, protect: Sequence[str] = ()) -> None:
                      'another --output_dir)')
 
 
+def resolve_output_dir(output_dir: str) -> str:
+  """The folder a run writes for `output_dir`: symbolic links resolved (a link to a folder: its target;
+  'link/../out' is '<the link target's parent>/out', as the kernel reads it). Every check and the commit
+  use this one path. A trailing slash does not hide a file of that name. A dangling link is refused."""
+  raw = os.fspath(output_dir)  # Not abspath first: it would drop 'link/..' before the link is read.
+  link = raw.rstrip(os.sep) or raw
+  if os.path.islink(link) and not os.path.exists(link):
+    raise InputError(f'{output_dir}: is a symbolic link to nothing ({os.readlink(link)}); remove it or '
+                     'choose another --output_dir')
+  return os.path.realpath(raw)
+
+
 def check_output_dir(output_dir: str, protect: Sequence[str] = ()) -> None:
   """Raises InputError unless a run can write its results to `output_dir`: not a file, no file in the
-  way of creating it, replaceable (`check_replaceable`), and its nearest existing ancestor writable.
-  Cheap and without side effects, so entry points call it before any work (`StagingDir` checks again).
-  The checks use the absolute path (a trailing slash must not hide a file of that name)."""
-  path = os.path.abspath(os.fspath(output_dir))
+  way of creating it, replaceable (`check_replaceable`), its nearest existing ancestor writable, and,
+  if it exists, movable (`check_movable`: a mount point cannot be replaced). Entry points call it before
+  any work (`StagingDir` checks again). Its one side effect: an existing folder is renamed to a sibling
+  name and straight back, to probe that it can be moved."""
+  path = resolve_output_dir(output_dir)
   if os.path.lexists(path) and not os.path.isdir(path):
     raise InputError(f'{output_dir}: exists and is not a folder')
   parent = os.path.dirname(path)
@@ -377,6 +390,7 @@ def check_output_dir(output_dir: str, protect: Sequence[str] = ()) -> None:
     existing = os.path.dirname(existing)
   if not os.access(existing, os.W_OK | os.X_OK):
     raise InputError(f'{output_dir}: cannot write the output folder ({existing} is not writable)')
+  check_movable(path, output_dir)
 
 
 # Staging folders are named .<name>.tmp-<host>-<pid>-<random> (and .old- while the previous result is
@@ -459,22 +473,26 @@ def remove_stale_staging(output_dir: str) -> list:
   return removed
 
 
-def _check_movable(output_dir: str, name: str) -> None:
-  """Refuses an existing output folder that cannot be renamed (a mount point, e.g. a container's volume,
-  or an immutable folder): results are moved into place by renaming, so the run would otherwise fail
-  only at its end. Probed by renaming the folder (empty or a previous result, `check_output_dir`) to a
-  sibling name and straight back."""
-  if not os.path.isdir(output_dir) or os.path.islink(output_dir):
+def check_movable(path: str, name: str) -> None:
+  """Refuses an existing output folder `path` (resolved) that cannot be renamed (a mount point, e.g. a
+  container's volume, or an immutable folder): results are moved into place by renaming, so the run
+  would otherwise fail only at its end. Probed by renaming the folder (empty or a previous result,
+  `check_replaceable`) to a sibling name and straight back; `name` is the user's spelling."""
+  if not os.path.isdir(path):
     return
-  probe = tempfile.mkdtemp(prefix=_staging_prefix(output_dir, 'old'), dir=os.path.dirname(output_dir))
-  os.rmdir(probe)  # A fresh name (as `commit` takes one).
   try:
-    os.rename(output_dir, probe)
+    probe = tempfile.mkdtemp(prefix=_staging_prefix(path, 'old'), dir=os.path.dirname(path))
+    os.rmdir(probe)  # A fresh name (as `commit` takes one).
+    os.rename(path, probe)
   except OSError as e:
     raise InputError(f'{name}: cannot be replaced by a new result ({e.strerror or e}: a mount point such '
-                     f'as a container volume, or a locked folder); give a new folder inside it, e.g. '
-                     f'--output_dir={os.path.join(name, "run1")}') from None
-  os.rename(probe, output_dir)
+                     f'as a container volume, a read-only or locked folder); give a new folder inside it, '
+                     f'e.g. --output_dir={os.path.join(name, "run1")}') from None
+  try:
+    os.rename(probe, path)
+  except OSError as e:  # Only a run committing into the same folder in between could cause this.
+    raise InputError(f'{name}: was moved to {probe} to probe it and could not be moved back '
+                     f'({e.strerror or e}); move it back by hand') from None
 
 
 def _staging_prefix(output_dir: str, kind: str) -> str:
@@ -497,10 +515,9 @@ class StagingDir:
   def __init__(self, output_dir: str, protect: Sequence[str] = ()):
     """`protect`: paths (the inputs) that must not lie inside `output_dir`."""
     # A symlink to a folder: the results go to its target (the link itself is left as it is).
-    self.output_dir = os.path.realpath(os.fspath(output_dir))
+    self.output_dir = resolve_output_dir(output_dir)
     parent = os.path.dirname(self.output_dir)
-    check_output_dir(output_dir, protect)
-    _check_movable(self.output_dir, output_dir)  # Before removing stale folders: see __exit__.
+    check_output_dir(output_dir, protect)  # Checks the same resolved path; probes that it can move.
     remove_stale_staging(self.output_dir)
     try:
       os.makedirs(parent, exist_ok=True)
@@ -521,9 +538,19 @@ class StagingDir:
       self.commit()
       return False
     finally:
-      # A folder kept by a failed commit is unlocked here; the next run into the same output folder would
-      # remove it as stale, but a commit that failed here makes that run fail first (`_check_movable`).
       _unlock(self._lock)
+
+  def _keep(self) -> str:
+    """Renames the finished staging folder to .<name>.unplaced-..., which no later run removes as a
+    stale staging folder; returns where the results are."""
+    kept = tempfile.mkdtemp(prefix=_staging_prefix(self.output_dir, 'unplaced'),
+                            dir=os.path.dirname(self.output_dir))
+    try:
+      os.rmdir(kept)
+      os.rename(self.path, kept)
+      return kept
+    except OSError:
+      return self.path
 
   def commit(self) -> None:
     old, old_lock = None, None
@@ -537,7 +564,7 @@ class StagingDir:
       except OSError as e:
         _unlock(old_lock)
         raise InputError(f'{self.output_dir}: could not move the previous results aside '
-                         f'({e.strerror or e}); the new results are in {self.path}') from None
+                         f'({e.strerror or e}); the new results are in {self._keep()}') from None
       logging.warning('%s existed: replaced by the new results', self.output_dir)
     try:
       try:
@@ -546,7 +573,7 @@ class StagingDir:
         if old is not None:
           os.rename(old, self.output_dir)  # Put the previous result back.
         raise InputError(f'{self.output_dir}: could not move the results into place '
-                         f'({e.strerror or e}); they are in {self.path}') from None
+                         f'({e.strerror or e}); they are in {self._keep()}') from None
       if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     finally:

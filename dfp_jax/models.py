@@ -244,7 +244,7 @@ class NetConfig:
                        f'{self.channels_down}, {self.channels_up}, {self.channels_skip}')
     if len(self.channels_down) < 1:
       raise ValueError('a SKIPnet needs at least one scale')
-    if min(self.channels_down + self.channels_up) < 1 or min(self.channels_skip) < 0:
+    if min((*self.channels_down, *self.channels_up)) < 1 or min(self.channels_skip) < 0:
       raise ValueError(f'channels must be >= 1 and skip channels >= 0 at every scale, got '
                        f'{list(self.channels_down)}, {list(self.channels_up)}, skip {list(self.channels_skip)}')
     if self.kernel_size < 1 or self.kernel_size % 2 == 0:

@@ -93,8 +93,9 @@ def result_folder_kind(folder: str) -> str | None:
   for name, kind, key in ((MANIFEST, 'batch', 'scenes'), ('summary.json', 'scene', 'dfp_jax_version')):
     try:
       with open(os.path.join(folder, name), encoding='utf-8') as fh:
-        if key in json.load(fh):
-          return kind
+        content = json.load(fh)
+      if isinstance(content, dict) and key in content:
+        return kind
     except (OSError, ValueError, TypeError):
       pass
   return None
@@ -224,7 +225,7 @@ def run_batch(f) -> int:
   """The batch job. Returns 0 if every scene is done, 1 if some failed."""
   config = cli.config_from_flags(f)
   rank, world = init_distributed(f)
-  output_dir = os.path.abspath(f.output_dir)
+  output_dir = image_io.resolve_output_dir(f.output_dir)
   if image_io.is_inside(f.input_dir, output_dir):
     raise errors.InputError(f'--output_dir={f.output_dir} holds --input_dir={f.input_dir}: the scenes\' result '
                             'folders would replace the input scene folders; choose another --output_dir')

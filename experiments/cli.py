@@ -303,9 +303,11 @@ def _check_commas(paths) -> None:
   """A file whose name holds a comma cannot be given: --inputs splits at commas. Say so, rather than
   'file not found' for its pieces."""
   for i in range(len(paths)):
+    if os.path.exists(paths[i]):
+      continue
     for j in range(i + 2, len(paths) + 1):
       joined = ','.join(paths[i:j])
-      if not os.path.exists(paths[i]) and os.path.isfile(joined):
+      if os.path.isfile(joined):
         raise errors.InputError(f'{joined}: its name holds a comma, and --inputs splits at commas; rename '
                                 'the file (or link it under a name without one)')
 
@@ -331,5 +333,6 @@ def run_single(f) -> int:
     result = fusion.fuse(images, config=config, key=jax.random.key(f.seed), names=[i.path for i in infos])
     write_scene_outputs(tmp, result, images, infos, config, bit_depth,
                         extra={'seed': f.seed, 'memory_estimate_bytes': mem})
-  logging.info('done in %.1f s: results in %s', result.timings['total_s'], os.path.abspath(f.output_dir))
+  logging.info('done in %.1f s: results in %s', result.timings['total_s'],
+               image_io.resolve_output_dir(f.output_dir))
   return 0

@@ -372,5 +372,5 @@ def run_lightfield(f) -> int:
     image_io.write_json(os.path.join(tmp, 'summary.json'), summary)
   logging.info('done in %.1f s (light field %.1f s, DFP %.1f s): results in %s',
                time.perf_counter() - t0, lf_seconds, result.timings['total_s'],
-               os.path.abspath(f.output_dir))
+               image_io.resolve_output_dir(f.output_dir))
   return 0

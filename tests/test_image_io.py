@@ -196,8 +196,9 @@ def test_exif_orientation_is_applied_as_opencv_does(tmp_path, orientation):
     assert got.shape[:2] == (40, 24)  # Turned a quarter.
 
 
-def _tiff_with_orientation(grey, orientation, big_endian=False):
-  """A minimal uncompressed single-strip grey TIFF (8 or 16 bit) whose IFD0 has an Orientation tag."""
+def _tiff_with_orientation(grey, orientation, big_endian=False, ifd_last=False):
+  """A minimal uncompressed single-strip grey TIFF (8 or 16 bit) whose IFD0 has an Orientation tag;
+  IFD0 right after the header, or after the pixels (`ifd_last`, as libtiff writes it)."""
   e = '>' if big_endian else '<'
   h, w = grey.shape
   bits = grey.dtype.itemsize * 8
@@ -206,15 +207,16 @@ def _tiff_with_orientation(grey, orientation, big_endian=False):
              (0x0111, 4, 0), (0x0112, 3, orientation), (0x0115, 3, 1), (0x0116, 4, h),
              (0x0117, 4, len(pixels))]
   ifd_size = 2 + 12 * len(entries) + 4
-  data_at = 8 + ifd_size
-  out = (b'MM\x00*' if big_endian else b'II*\x00') + np.array([8], e + 'u4').tobytes()
-  out += np.array([len(entries)], e + 'u2').tobytes()
+  data_at = 8 if ifd_last else 8 + ifd_size
+  ifd_at = 8 + len(pixels) if ifd_last else 8
+  ifd = np.array([len(entries)], e + 'u2').tobytes()
   for tag, typ, value in entries:
     value = data_at if tag == 0x0111 else value
-    out += np.array([tag, typ], e + 'u2').tobytes() + np.array([1], e + 'u4').tobytes()
-    out += (np.array([value, 0], e + 'u2').tobytes() if typ == 3 else np.array([value], e + 'u4').tobytes())
-  out += np.array([0], e + 'u4').tobytes()  # No next IFD.
-  return out + pixels
+    ifd += np.array([tag, typ], e + 'u2').tobytes() + np.array([1], e + 'u4').tobytes()
+    ifd += (np.array([value, 0], e + 'u2').tobytes() if typ == 3 else np.array([value], e + 'u4').tobytes())
+  ifd += np.array([0], e + 'u4').tobytes()  # No next IFD.
+  head = (b'MM\x00*' if big_endian else b'II*\x00') + np.array([ifd_at], e + 'u4').tobytes()
+  return head + (pixels + ifd if ifd_last else ifd + pixels)
 
 
 @pytest.mark.parametrize('orientation', [1, 2, 3, 6, 8])
@@ -236,6 +238,18 @@ def test_tiff_exif_orientation_is_applied_once(tmp_path, orientation, dtype):
   np.testing.assert_array_equal(np.round(got[..., 0] * top).astype(dtype), upright)
   if orientation == 1:  # The hand-made file decodes to the stored pixels when nothing is to be turned.
     np.testing.assert_array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), stored)
+
+
+def test_tiff_orientation_found_after_more_than_a_mebibyte_of_pixels(tmp_path):
+  stored = (np.random.default_rng(0).random((1100, 1000)) * 255).astype(np.uint8)
+  stored[:40, :90] = 255
+  path = tmp_path / 'big.tif'
+  path.write_bytes(_tiff_with_orientation(stored, 6, ifd_last=True))
+  assert path.stat().st_size > 2 ** 20
+  assert image_io.exif_orientation(path.read_bytes()) == 6
+  got, _ = image_io.read_image(str(path))
+  np.testing.assert_array_equal(np.round(got[..., 0] * 255).astype(np.uint8),
+                                image_io.apply_orientation(stored, 6))
 
 
 def test_exif_orientation_absent_or_malformed_is_1():
@@ -382,19 +396,25 @@ def test_commit_puts_the_previous_result_back_when_the_new_one_cannot_move_in(tm
   real_rename = os.rename
 
   def failing_rename(src, dst):
-    if '.tmp-' in os.path.basename(src):  # Moving the new result in fails.
+    if '.tmp-' in os.path.basename(src) and os.fspath(dst) == str(out):  # Moving the new result in fails.
       raise OSError(28, 'No space left on device')
     return real_rename(src, dst)
 
   monkeypatch.setattr(image_io.os, 'rename', failing_rename)
   with pytest.raises(InputError, match=r'out: could not move the results into place \(No space left on '
-                     r'device\); they are in .*\.out\.tmp-'):
+                     r'device\); they are in .*\.out\.unplaced-'):
     with image_io.StagingDir(str(out)) as tmp:
       image_io.write_json(os.path.join(tmp, 'summary.json'), {'new': 1})
   assert (out / 'summary.json').read_bytes() == before
   assert not [n for n in os.listdir(tmp_path) if '.old-' in n]
-  kept = [n for n in os.listdir(tmp_path) if '.tmp-' in n]  # The finished results, where the error says.
+  kept = [n for n in os.listdir(tmp_path) if '.unplaced-' in n]  # The finished results, where the error says.
   assert len(kept) == 1 and os.listdir(tmp_path / kept[0]) == ['summary.json']
+  assert not [n for n in os.listdir(tmp_path) if '.tmp-' in n]
+  monkeypatch.setattr(image_io.os, 'rename', real_rename)
+  with image_io.StagingDir(str(out)) as tmp:  # A later run does not take them for a killed run's folder.
+    image_io.write_json(os.path.join(tmp, 'summary.json'),
+                        {'dfp_jax_version': '0', 'output': {'files': ['summary.json']}})
+  assert os.listdir(tmp_path / kept[0]) == ['summary.json']
 
 
 def test_output_dir_that_cannot_be_renamed_is_refused_before_any_work(tmp_path, monkeypatch):
@@ -417,6 +437,27 @@ def test_output_dir_that_cannot_be_renamed_is_refused_before_any_work(tmp_path, 
   with image_io.StagingDir(str(out)) as tmp:  # The probe puts a movable folder back where it was.
     image_io.write_json(os.path.join(tmp, 'summary.json'), {'a': 1})
   assert sorted(os.listdir(tmp_path)) == ['volume'] and os.listdir(out) == ['summary.json']
+
+
+def test_output_dir_through_a_symlink_and_dotdot_is_checked_where_it_is_written(tmp_path):
+  """'link/../out' is '<link target's parent>/out' for the kernel: the replaceability check must look at
+  that folder, not at the lexical './out' (a folder of user files there was deleted)."""
+  (tmp_path / 'a' / 'b').mkdir(parents=True)
+  (tmp_path / 'a' / 'out').mkdir()
+  (tmp_path / 'a' / 'out' / 'notes.txt').write_text('precious')
+  (tmp_path / 'work').mkdir()
+  (tmp_path / 'work' / 'link').symlink_to('../a/b', target_is_directory=True)
+  tricky = str(tmp_path / 'work' / 'link' / '..' / 'out')
+  with pytest.raises(InputError, match='is not a previous dfp_jax result'):
+    image_io.check_output_dir(tricky)
+  with pytest.raises(InputError, match='is not a previous dfp_jax result'):
+    image_io.StagingDir(tricky)
+  assert os.listdir(tmp_path / 'a' / 'out') == ['notes.txt']
+  assert image_io.resolve_output_dir(tricky) == str(tmp_path / 'a' / 'out')
+  (tmp_path / 'dangling').symlink_to(tmp_path / 'nowhere')
+  with pytest.raises(InputError, match='dangling: is a symbolic link to nothing'):
+    image_io.check_output_dir(str(tmp_path / 'dangling'))
+  assert not os.path.exists(tmp_path / 'nowhere')
 
 
 def test_symlinked_output_dir_gets_the_results_in_its_target(tmp_path):
