@@ -37,6 +37,7 @@ from dfp_jax import image_io
 from dfp_jax import lightfield
 from dfp_jax import metrics
 from dfp_jax import viz
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('lightfield', '../shared/data/lightfield/hci_dino_33views',
@@ -55,13 +56,6 @@ flags.DEFINE_string('json', None, 'Write the rows as JSON here.')
 flags.DEFINE_string('sheet', None, 'Write a picture here: for the first region at the smallest scale, one '
                     'row per N with the index maps of the reference box, of the default window and of the '
                     'oracle, and the truth.')
-
-
-def regions(items) -> list[tuple[int, int]]:
-  try:
-    return [tuple(int(v) for v in item.split(':', 1)) for item in items]
-  except ValueError:
-    raise app.UsageError(f'--regions needs y:x corners, got {",".join(items)}') from None
 
 
 def psnr(x, gt) -> float:
@@ -93,7 +87,7 @@ def main(argv):
   rows = []
   sheet_rows = []
   default = focus.DoubleReblurParams()
-  for y, x in regions(FLAGS.regions):
+  for y, x in cli.parse_corners(FLAGS.regions):
     lf = lightfield.load_light_field(FLAGS.lightfield, crop=(y, x, size, size))
     gt_full = np.asarray(lf.center_view)
     for n in (int(v) for v in FLAGS.num_planes):

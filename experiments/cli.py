@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 
+from absl import app
 from absl import flags
 from absl import logging
 import cv2
@@ -116,6 +117,17 @@ def define_flags():
   flags.DEFINE_string('compilation_cache_dir', os.path.join(
       os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'dfp_jax', 'jax'),
                       'Folder of the persistent compilation cache.')
+
+
+def parse_corners(items, name: str = 'regions') -> list[tuple[int, int]]:
+  """'y:x' items of a region-list flag (the experiment scripts' --regions) as (y, x) pairs."""
+  try:
+    out = [tuple(int(v) for v in item.split(':')) for item in items]
+  except ValueError:
+    out = []
+  if not out or any(len(c) != 2 for c in out):
+    raise app.UsageError(f'--{name} needs y:x corners, got {",".join(items)}')
+  return out
 
 
 def _ints(name, values):

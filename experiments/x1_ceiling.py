@@ -48,6 +48,7 @@ from dfp_jax import focus
 from dfp_jax import image_io
 from dfp_jax import lightfield
 from dfp_jax import metrics
+from experiments import cli
 from experiments import oracles
 
 FLAGS = flags.FLAGS
@@ -61,13 +62,6 @@ flags.DEFINE_list('feather_sigmas', ['1', '2'], 'Gaussian sigmas of the feathere
 flags.DEFINE_list('window_sigmas', ['1', '2', '4'], 'Gaussian sigmas of the windowed oracle and of the '
                   'Laplacian-energy selection.')
 flags.DEFINE_string('json', None, 'Write the rows as JSON here.')
-
-
-def _regions(items) -> list[tuple[int, int]]:
-  try:
-    return [tuple(int(v) for v in item.split(':', 1)) for item in items]
-  except ValueError:
-    raise app.UsageError(f'--regions needs y:x corners, got {",".join(items)}') from None
 
 
 def _floats(name: str, items) -> list[float]:
@@ -101,7 +95,7 @@ def main(argv):
     raise app.UsageError('--num_planes: every N must be at least 2')
   feather_sigmas = _floats('feather_sigmas', FLAGS.feather_sigmas)
   window_sigmas = _floats('window_sigmas', FLAGS.window_sigmas)
-  corners = _regions(FLAGS.regions)
+  corners = cli.parse_corners(FLAGS.regions)
   size = FLAGS.region_size
   rows = []
   for y, x in corners:
