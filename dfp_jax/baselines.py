@@ -3,16 +3,22 @@
 Fusion (at the inputs' resolution): the average; selection by the DoubleReblur decision maps;
 Laplacian-pyramid fusion (Burt & Adelson 1983: max-absolute detail coefficients, averaged base).
 Upsampling: bicubic (OpenCV's INTER_CUBIC), Lanczos-3 or nearest. All pure jnp on [N, H, W, C] stacks in [0, 1].
+Super-resolution of one image by a plain deep image prior (`dip_superresolve`, "fusion, then DIP"): the
+image SKIPnet of a FusionConfig fitted to the image alone.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import jax
 import jax.numpy as jnp
+import optax
 
 from dfp_jax import filters
 from dfp_jax import focus
+from dfp_jax import optimize
 from dfp_jax import resample
 
 _PYR_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0  # OpenCV's pyrDown/pyrUp 5-tap binomial.
@@ -93,3 +99,53 @@ def laplacian_pyramid_fusion(images: jnp.ndarray, levels: int = 4) -> jnp.ndarra
   for detail in reversed(fused):
     out = pyr_up(out, detail.shape[-2:]) + detail
   return jnp.clip(jnp.moveaxis(out, 0, -1), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plain deep-image-prior super-resolution of one image (a baseline: "fusion, then DIP").
+
+
+@functools.lru_cache(maxsize=64)
+def dip_stage(config, channels: int) -> optimize.Stage:
+  """Deep image prior SR (Ulyanov et al. 2018): the image SKIPnet of `config`, no fusion losses; the
+  loss is the mean squared error between the Lanczos-2 downsampling of the output and the image."""
+  net = config.image_net.build(channels, 'sigmoid', config.jnp_dtype)
+  s = config.scale
+
+  def loss_fn(params, problem):
+    out_hr = net.apply(params, problem['z'])
+    mse = jnp.mean(jnp.square(resample.lanczos2_downsample(out_hr, s) - problem['image']))
+    return mse, ({'total': mse}, out_hr)
+
+  return optimize.Stage('dip', loss_fn, optax.adam(config.lr), config.ema_decay, net,
+                        config.compiler_options())
+
+
+@functools.partial(jax.jit, static_argnames='config')
+def init_dip_state(key, image, config):
+  """(state, problem) of deep-image-prior SR for one image [H, W, C]: the network input and the head's
+  initial bias as in DFP's main stage (`fusion.network_input`, `fusion.initial_output_bias`)."""
+  from dfp_jax import fusion  # pylint: disable=g-import-not-at-top  (fusion imports this module)
+  k_z, k_init = jax.random.split(key)
+  h, w, c = image.shape
+  stage = dip_stage(config, c)
+  z = fusion.network_input(k_z, image[None], config)
+  params = stage.net.lazy_init(k_init, jax.ShapeDtypeStruct(z.shape, z.dtype))
+  params = fusion.initial_output_bias(params, image[None], config)
+  s = config.scale
+  return optimize.init_state(stage, params, (s * h, s * w, c)), {'z': z, 'image': image}
+
+
+def dip_superresolve(image, config, key=None,
+                     progress: optimize.ProgressFn | None = None, iters: int | None = None):
+  """Super-resolves one image [H, W, C] in [0, 1] by `config.scale` with a plain deep image prior
+  (`config.iters` steps, or `iters`; the convergence stop of `config` applies). Returns
+  (HR image as NumPy, optimize.StageReport)."""
+  key = jax.random.key(0) if key is None else key
+  x = jnp.asarray(np.asarray(image, np.float32))
+  stage = dip_stage(config, x.shape[-1])
+  state, problem = optimize.call_one_off(init_dip_state, key, x, config=config)
+  state, report = optimize.run_stage(stage, state, problem, iters or config.iters, config.chunk_size,
+                                     progress, loop=config.loop, stop=config.stop_rule('main'))
+  out = state.output if config.output_average == 'last' else optimize.ema_output(stage, state)
+  return np.asarray(jnp.clip(out, 0.0, 1.0)), report

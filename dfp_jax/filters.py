@@ -130,8 +130,9 @@ def laplacian(x: jnp.ndarray) -> jnp.ndarray:
   """4-neighbour Laplacian [[0,1,0],[1,-4,1],[0,1,0]] of x [..., H, W], reflect border.
 
   `correlate2d(x, LAPLACIAN_4)` written as four shifted slices of the padded array (one fused loop,
-  and one for its gradient): 0.2 ms instead of 2.3 ms for value and gradient at 128x128 on a 2-core
-  CPU, where the joint-gradient loss takes it every step. Same result up to float rounding."""
+  and one for its gradient), several times cheaper on XLA:CPU than a single-channel convolution where
+  the joint-gradient loss takes it every step (docs/design.md "Runtime choices"). Same result
+  up to float rounding."""
   xp = _pad2d(x, (1, 1), (1, 1), 'reflect')
   return (xp[..., :-2, 1:-1] + xp[..., 2:, 1:-1] + xp[..., 1:-1, :-2] + xp[..., 1:-1, 2:]) - 4.0 * x
 

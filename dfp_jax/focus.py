@@ -32,22 +32,16 @@ the six steps above is used and B gets 1 - m.
 
 Why a wider window for N > 2. The two-input map is cleaned by the closing and the largest-region / hole
 filling steps, which have no N-input counterpart, so the N-input argmax over a 3 x 3 box is noisy: on
-the HCI "dino" ground truth (five 256 x 256 regions, N = 3, 4, 5 planes; docs/benchmarks.md section 2d)
-the fusion by its map is 0.77 / 1.70 / 4.13 dB (mean over the 15 cases at x1 / x2 / x4 input size)
-below the fusion by a Gaussian sigma = 3 window, which closes 73-94% of the mean gap to a ground-truth
-oracle that picks, per 7 x 7 window, the slice closest to the truth. Of the windows tried (boxes 3, 7
-and 15; Gaussians of sigma 1.5, 3 and 5) sigma 3 was the best on the mean over those cases at every
-scale, and it gained in every case.
+ground-truth light fields a Gaussian window of sigma 3 pixels scores higher than the box at every
+scale (docs/design.md "Departures").
 
 Why two rules for N = 2. The paper's threshold t is absolute (luma units), so it depends on the scene's
-brightness and contrast: the authors tuned it per image (0.010-0.018), and on a low-contrast or dark
-region the in-focus input's response never passes it and the whole region goes to B. On the HCI
-"dino" ground-truth case (docs/benchmarks.md section 2a'') the paper's [5, 3, 3, 0.01, 1] gives the back
-wall's in-focus slice 1.7% of the pixels where it is sharper on 53%; the map agrees with the
-per-region oracle on 49% of the pixels, against 96% for 'compare'. 'compare' has no threshold (t is
+brightness and contrast: the authors tuned it per image, and on a low-contrast or dark region the
+in-focus input's response never passes it and the whole region goes to B (docs/design.md
+"Departures"). 'compare' has no threshold (t is
 unused), gives the same map when both images are scaled by a common gain and nearly the same after an
-offset or a contrast change (the kernel estimate's regulariser and DC term move a little: IoU 0.98-0.99
-on the bundled pair), and is the N > 2 rule with its box window (with argmax_sigma = 0 the two give
+offset or a contrast change (the kernel estimate's regulariser and DC term move a little; tested), and
+is the N > 2 rule with its box window (with argmax_sigma = 0 the two give
 the same map before the closing; tested); the closing and the largest-region / hole-filling steps (kd, ke, f) apply
 to its map as to the paper's. 'compare' is the default; `rule='threshold'` is the paper's rule (`--doublereblur_rule=threshold`).
 """
@@ -80,12 +74,17 @@ class DoubleReblurParams:
   radius: int = 5  # Kernel support is (2 radius - 1)^2 (9 x 9 for the paper's r = 5).
   wiener_eps: float = 1e-2  # Regulariser of the spectral division, relative to mean |F_A|^2.
   lowpass_sigma: float = 0.25  # Sigma of the Gaussian low-pass window T, in cycles per pixel.
-  # Step 4 for N = 2: 'threshold' (s_A > t, the paper's) or 'compare' (box_kd(s_A) >= box_kd(s_B),
-  # ties to A).
-  rule: str = 'compare'
-  # N > 2: sigma (pixels) of the Gaussian window each input's focus measure is averaged over before
-  # the argmax (cv2.GaussianBlur's window for float images, about +-4 sigma); 0: the kd x kd box.
-  argmax_sigma: float = 3.0
+  # Step 4 for N = 2 (help texts: these two are also the flags --doublereblur_rule and
+  # --doublereblur_argmax_sigma).
+  rule: str = dataclasses.field(default='compare', metadata={
+      'help': "Two-input decision of DoubleReblur: 'compare' = the first input wins where its "
+              "second-reblur response (box mean over kd) is at least the second's (no threshold; t "
+              "unused); 'threshold' = the papers' s > t (t is absolute: scene-dependent). "
+              'docs/design.md "Departures".', 'choices': RULES})
+  argmax_sigma: float = dataclasses.field(default=3.0, metadata={
+      'help': "N > 2 inputs: sigma (pixels at the input size) of the Gaussian window each input's focus "
+              'measure is averaged over before the argmax that makes the decision maps; 0 = the kd x kd '
+              'box. Not used for N = 2. docs/design.md "Departures".'})
 
   def __post_init__(self):
     if self.kg < 1 or self.kg % 2 == 0:

@@ -17,17 +17,19 @@ Conventions (see also `filters.py`):
   * Disparities are in pixels per view step.
 
 Sections:
-  1. `LightField` and the loader `load_light_field` (the only code here that touches the disk; the
-     image reader is private, `_read_view`, so that it can later be swapped for `image_io`).
+  1. `LightField` and the loader `load_light_field` (the only code here that touches the disk; views
+     are read with `image_io.read_image`).
   2. Sub-pixel shifts (`shift_image`) and shift-and-add refocusing (`refocus`, `focal_stack`).
   3. Focus sweep and automatic choice of focal planes (`focus_sweep`, `select_planes`,
      `choose_focal_planes`).
-  4. Index maps for N inputs (`index_map`, `index_map_image`, `index_map_legend`).
+  4. The pipeline as calls: `LightFieldConfig` (crop, downsampling, planes, aperture, sweep; the
+     light-field job's flags), `make_focal_stack` (planes -> refocused slices) and `fuse_light_field`
+     (the slices fused by `fusion.fuse`).
 
-The array functions of sections 2-4 are pure jnp with static shapes (jit-able, vmappable). The
-exceptions work on concrete values: `choose_focal_planes` (a driver calling jitted parts),
-`required_pad`, `estimate_memory` / `check_memory` (of the refocusing stage), `disparity_sweep`,
-`palette` and `index_map_legend` (drawn with OpenCV, NumPy out).
+The array functions of sections 2-3 are pure jnp with static shapes (jit-able, vmappable). The
+exceptions work on concrete values: `choose_focal_planes` and the section 4 calls (drivers calling
+jitted parts), `required_pad`, `estimate_memory` / `check_memory` (of the refocusing stage) and
+`disparity_sweep`. Index-map pictures are `viz`'s.
 """
 
 from __future__ import annotations
@@ -46,8 +48,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dfp_jax import config as config_lib
 from dfp_jax import errors
 from dfp_jax import filters
+from dfp_jax import fusion
+from dfp_jax import image_io
+from dfp_jax import resample
 
 HCI_GRID = 9  # HCI views are a 9 x 9 grid: input_Cam###.png with ### = 9 * row + col.
 HCI_CENTER = (4, 4)  # input_Cam040.png.
@@ -105,7 +111,7 @@ class InvalidCropError(LightFieldError):
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=['views', 'rows', 'cols'], meta_fields=['center', 'names'])
+    data_fields=['views', 'rows', 'cols'], meta_fields=['center', 'names', 'bit_depth'])
 @dataclasses.dataclass(frozen=True)
 class LightField:
   """Sub-aperture views of a light field with their grid positions (a pytree).
@@ -118,6 +124,7 @@ class LightField:
   cols: jnp.ndarray  # [V] int32 grid column of each view (grows to the right).
   center: tuple[int, int]  # (row, col) of the reference view; always one of the views.
   names: tuple[str, ...]  # [V] file name of each view ('' for views made in memory).
+  bit_depth: int = 8  # Largest bit depth of the view files (8, 16, or 32 for float files).
 
   @property
   def num_views(self) -> int:
@@ -140,7 +147,7 @@ class LightField:
 
 
 def make_light_field(views, rows, cols, center: tuple[int, int],
-                     names: Sequence[str] | None = None) -> LightField:
+                     names: Sequence[str] | None = None, bit_depth: int = 8) -> LightField:
   """Builds a `LightField` from arrays, checking shapes and that the centre view exists.
 
   Args:
@@ -168,44 +175,7 @@ def make_light_field(views, rows, cols, center: tuple[int, int],
   names = tuple(names) if names is not None else ('',) * v
   if len(names) != v:
     raise ViewShapeError(f'{len(names)} names for {v} views')
-  return LightField(views, jnp.asarray(rows_np), jnp.asarray(cols_np), center, names)
-
-
-def _read_view(path: str) -> np.ndarray:
-  """Reads one view file as float32 [H, W, C] RGB (or grey, C = 1) in [0, 1].
-
-  Private on purpose: to be replaced by the shared `dfp_jax.image_io` reader. uint8 / uint16 are
-  scaled by 255 / 65535, float files are kept as stored; BGR(A) becomes RGB and alpha is dropped.
-  """
-  image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-  if image is None:
-    raise UnreadableViewError(
-        f'{path}: cannot be read as an image (missing, truncated or unsupported format)')
-  if image.ndim == 2:
-    image = image[:, :, None]
-  elif image.ndim == 3 and image.shape[2] == 3:
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-  elif image.ndim == 3 and image.shape[2] == 4:
-    image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-  elif not (image.ndim == 3 and image.shape[2] == 1):
-    raise UnreadableViewError(f'{path}: unsupported image layout {image.shape}')
-  if image.dtype == np.uint8:
-    return image.astype(np.float32) / 255.0
-  if image.dtype == np.uint16:
-    return image.astype(np.float32) / 65535.0
-  if image.dtype in (np.float32, np.float64):
-    return image.astype(np.float32)
-  raise UnreadableViewError(f'{path}: unsupported pixel type {image.dtype}')
-
-
-def area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
-  """Block mean over factor x factor blocks of [H, W, C]; H, W must be multiples of factor.
-
-  Equals cv2.resize(..., interpolation=cv2.INTER_AREA) for an integer factor.
-  """
-  h, w, c = image.shape
-  blocks = image.reshape(h // factor, factor, w // factor, factor, c)
-  return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
+  return LightField(views, jnp.asarray(rows_np), jnp.asarray(cols_np), center, names, int(bit_depth))
 
 
 def _is_int(x) -> bool:
@@ -357,10 +327,11 @@ def load_light_field(folder: str, *, crop: tuple[int, int, int, int] | None = No
   if not _is_int(downsample) or downsample < 1:
     raise InvalidCropError(f'{folder}: downsample must be an integer >= 1, got {downsample!r}')
 
-  views, first_shape = [], None
+  views, first_shape, depths = [], None, []
   for f, _, _ in entries:
     path = os.path.join(folder, f)
-    image = _read_view(path)
+    image, depth = _read_view(path)
+    depths.append(depth)
     if first_shape is None:
       first_shape = image.shape
       if crop is not None:
@@ -375,23 +346,36 @@ def load_light_field(folder: str, *, crop: tuple[int, int, int, int] | None = No
       if ch < downsample or cw < downsample:
         raise InvalidCropError(
             f'{folder}: downsample {downsample} is larger than the view size {ch} x {cw}')
-    elif image.shape != first_shape:
+    elif image.shape[:2] != first_shape[:2]:
       raise ViewShapeError(
           f'{folder}: {f} has shape {image.shape} but {entries[0][0]} has {first_shape}')
     if crop is not None:
       y, x, h, w = crop
       image = image[y:y + h, x:x + w]
     if downsample > 1:
-      h2 = image.shape[0] // downsample * downsample
-      w2 = image.shape[1] // downsample * downsample
-      image = area_downsample(image[:h2, :w2], downsample)
+      image = resample.area_downsample(image, downsample)
     views.append(image)
+  if len({v.shape[2] for v in views}) > 1:  # The rule of image_io.load_inputs: grey becomes colour.
+    grey = [e[0] for e, v in zip(entries, views) if v.shape[2] == 1]
+    logging.warning('%s: %d grey view(s) among colour ones (e.g. %s): converting them to colour (R=G=B)',
+                    folder, len(grey), grey[0])
+    views = [np.repeat(v, 3, axis=2) if v.shape[2] == 1 else v for v in views]
   # Debug level: callers log what they go on to do with the views once their own checks pass (the CLI's
   # "light field ..." line), so a user's error is not preceded by a line that reads like progress.
   logging.debug('%s: %d views (%s naming), centre %s, view size %s', folder, len(views), scheme,
                 center, views[0].shape)
   return make_light_field(np.stack(views), [e[1] for e in entries], [e[2] for e in entries],
-                          center, [e[0] for e in entries])
+                          center, [e[0] for e in entries], bit_depth=max(depths))
+
+
+def _read_view(path: str) -> tuple[np.ndarray, int]:
+  """One view through the package's image reader (`image_io.read_image`: EXIF orientation, alpha,
+  16-bit and float files handled as for --inputs); (float32 [H, W, C] in [0, 1], bit depth)."""
+  try:
+    image, info = image_io.read_image(path)
+  except errors.InputError as e:
+    raise UnreadableViewError(str(e)) from None
+  return image, info.bit_depth
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,8 +384,7 @@ def load_light_field(folder: str, *, crop: tuple[int, int, int, int] | None = No
 # Shift method: Fourier (phase ramp) by default. A sub-pixel bilinear shift is a low-pass filter
 # whose strength depends on the fractional part of the shift (none at 0, [0.5, 0.5] at 0.5), so
 # bilinear refocusing softens the in-focus plane and, worse for plane selection, biases the focus
-# sweep towards disparities whose shifts happen to be integers (on HCI dino, bilinear picks
-# -1, -0.5, 0, 0.5 and loses 1.4-2.2 dB PSNR on in-focus pixels at fractional disparities). The
+# sweep towards disparities whose shifts happen to be integers. The
 # Fourier shift is exact for band-limited content and has no such bias. Its weakness is the
 # periodic boundary (wrap-around and ringing at the image border), handled by reflect-padding each
 # view by `pad` pixels (BORDER_REFLECT_101, like the filters) before the FFT: shifts up to `pad`
@@ -631,9 +614,8 @@ def estimate_memory(num_views: int, height: int, width: int, channels: int, pad:
   """Peak process memory (bytes) of the light-field stage (focus sweep + focal stack, Fourier shifts).
 
   5 float32 copies of the reflect-padded views (the padded views, their complex spectrum = two, and
-  the per-slice temporaries) plus ~300 MiB for the runtime. Measured on the HCI views (33 views, CPU,
-  peak RSS of sweep + stack): 548 / 859 / 2557 MiB at 256 / 512 / 1024 px against 464 / 886 / 2525
-  MiB estimated (docs/benchmarks.md, section 6).
+  the per-slice temporaries) plus ~300 MiB for the runtime; checked against the peak RSS of sweep and
+  stack on the HCI views (docs/history.md "Memory of the refocusing stage").
   """
   hp, wp = height + 2 * pad, width + 2 * pad
   return int(5 * num_views * hp * wp * channels * 4 + 300 * 2 ** 20)
@@ -839,90 +821,176 @@ def choose_focal_planes(lf: LightField, num_planes: int | None = None, *, dispar
 
 
 # ------------------------------------------------------------------------------------------------
-# 4. Index maps for N inputs.
+# 4. The pipeline as calls: light field -> focal stack -> fusion.
 
-# Tableau-10 (matplotlib 'tab10'), RGB: distinguishable for up to 10 inputs.
-_TAB10 = np.array([
-    [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-    [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], np.uint8)
+SHIFT_METHOD = 'fourier'  # See the section 2 comment.
+MAX_SWEEP = 257  # Each swept plane is a refocused image of the whole view: bounded work.
 
 
-def palette(n: int) -> np.ndarray:
-  """n RGB colours, uint8 [n, 3]: Tableau-10, then golden-angle hues (less distinct) beyond 10."""
-  if n < 1:
-    raise ValueError(f'palette needs n >= 1, got {n}')
-  colours = [_TAB10[i] for i in range(min(n, 10))]
-  for i in range(10, n):
-    hue = int((i * 137.508) % 360) // 2  # OpenCV hue is 0..179.
-    sat = 255 if i % 2 else 170
-    hsv = np.array([[[hue, sat, 230]]], np.uint8)
-    colours.append(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
-  return np.stack(colours).astype(np.uint8)
+def _parse_crop(values):
+  if not values:
+    return None
+  try:
+    crop = tuple(int(v) for v in values)
+  except (TypeError, ValueError):
+    crop = None
+  if crop is None or len(crop) != 4:
+    raise errors.InputError(f'--crop must be four integers y,x,h,w, got {",".join(map(str, values))}')
+  return crop
 
 
-def index_map(decisions: jnp.ndarray) -> jnp.ndarray:
-  """Index of the winning input at each pixel: decision maps [N, H, W] -> int32 [H, W].
+def _parse_planes(values):
+  if not values:
+    return None
+  try:
+    return tuple(float(v) for v in values)
+  except (TypeError, ValueError):
+    raise errors.InputError(f'--planes must be comma-separated numbers (disparities), got '
+                            f'{",".join(map(str, values))}') from None
 
-  For maps that partition the image (one-hot over N) this is the input that owns each pixel; for
-  soft maps it is the argmax (ties: lowest index).
+
+def _parse_sweep(values):
+  values = list(values)
+  try:
+    if len(values) != 3:
+      raise ValueError
+    return (float(values[0]), float(values[1]), int(values[2]))
+  except (TypeError, ValueError):
+    raise errors.InputError(f'--sweep must be min,max,count (e.g. -2,2,33), got '
+                            f'{",".join(map(str, values))}') from None
+
+
+@dataclasses.dataclass(frozen=True)
+class LightFieldConfig:
+  """How a light field becomes the focal stack that DFP fuses (the light-field job's flags)."""
+  crop: tuple | None = config_lib.option(
+      None, "y,x,h,w: process only this region of the views (their own pixel coordinates, before "
+      '--lf_downsample).', kind='list', parse=_parse_crop)
+  downsample: int = config_lib.option(
+      1, 'Area-average every view by this factor first; with --scale equal to it, the output has the '
+      'original resolution and is scored against the original centre view.', flag='lf_downsample')
+  num_planes: int = config_lib.option(
+      2, "Focal planes N of the stack, chosen automatically to cover the scene's depth (ignored with "
+      '--planes).')
+  planes: tuple | None = config_lib.option(
+      None, 'Focal planes as comma-separated disparities (pixels per view step, after --lf_downsample); '
+      'overrides the automatic choice.', kind='list', parse=_parse_planes)
+  aperture: float = config_lib.option(
+      math.inf, 'Synthetic aperture radius in view steps (Euclidean distance from the centre view); inf '
+      '= all views, 0 = centre view only.')
+  sweep: tuple = config_lib.option(
+      (-2.0, 2.0, 33), 'min,max,count: disparities swept to measure focus (automatic planes, coverage).',
+      kind='list', parse=_parse_sweep)
+
+  def __post_init__(self):
+    if self.crop is not None:
+      y, x, h, w = self.crop
+      if y < 0 or x < 0 or h < 1 or w < 1:
+        raise errors.InputError(f'--crop={y},{x},{h},{w}: y and x must be >= 0, h and w >= 1')
+    if self.downsample < 1:
+      raise errors.InputError(f'--lf_downsample must be an integer >= 1, got {self.downsample}')
+    if not self.aperture >= 0:
+      raise errors.InputError(f'--aperture must be >= 0 (view steps; inf = all views), got {self.aperture}')
+    lo, hi, num = self.sweep
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and 2 <= num <= MAX_SWEEP):
+      raise errors.InputError(f'--sweep={lo:g},{hi:g},{num}: need finite min < max and 2 <= count <= '
+                              f'{MAX_SWEEP}')
+    if self.planes is not None:
+      text = ','.join(f'{d:g}' for d in self.planes)
+      if not all(math.isfinite(d) for d in self.planes):
+        raise errors.InputError(f'--planes must be finite numbers, got {text}')
+      if len(set(self.planes)) != len(self.planes):
+        raise errors.InputError(f'--planes has repeated values: {text}')
+      if len(self.planes) < 2:
+        raise errors.InputError(f'--planes needs at least 2 disparities for a focal stack to fuse, got {text}')
+    elif not 2 <= self.num_planes <= num:
+      raise errors.InputError(f'--num_planes must be between 2 and the {num} swept disparities '
+                              f'(--sweep), got {self.num_planes}')
+
+  def sweep_values(self) -> np.ndarray:
+    """The swept disparities [count], float32."""
+    return disparity_sweep(self.sweep[1], self.sweep[2], min_disparity=self.sweep[0])
+
+  def user_planes(self) -> np.ndarray | None:
+    """--planes sorted ascending as float32, or None for the automatic choice."""
+    return None if self.planes is None else np.sort(np.asarray(self.planes, np.float32))
+
+
+class FocalStack(NamedTuple):
+  """What `make_focal_stack` returns (NumPy arrays)."""
+  slices: np.ndarray  # [N, H, W, C] refocused images in [0, 1], in plane order.
+  planes: np.ndarray  # [N] disparities, ascending (pixels per view step).
+  how: str  # 'auto' (chosen from the sweep) or 'user'.
+  coverage: np.ndarray  # [H, W] focus in the best chosen slice / best focus over the sweep.
+  slice_index: np.ndarray  # [H, W] each pixel's sharpest slice (int32).
+  sweep: np.ndarray  # [S] swept disparities.
+  pad: int  # Fourier reflect margin used.
+  aperture_views: int  # Views inside the synthetic aperture.
+
+
+def aperture_reach(lf: LightField, aperture: float) -> tuple[int, float]:
+  """(views inside the aperture, largest |offset| among them in view steps)."""
+  offsets = np.asarray(view_offsets(lf.rows, lf.cols, lf.center))
+  weights = np.asarray(aperture_weights(jnp.asarray(offsets), aperture))
+  n = int(np.sum(weights))
+  return n, (float(np.max(np.abs(offsets[weights > 0]))) if n else 0.0)
+
+
+def check_disparities(lf: LightField, config: LightFieldConfig) -> None:
+  """Refuses (InputError) a sweep or planes whose shift of the outermost views in the aperture is as
+  large as the views themselves."""
+  h, w, _ = lf.image_shape
+  _, reach = aperture_reach(lf, config.aperture)
+  flag, values = (('--sweep', config.sweep_values()) if config.planes is None
+                  else ('--planes', config.user_planes()))
+  far = float(np.max(np.abs(values)))
+  if reach > 0 and far * reach >= min(h, w):
+    raise errors.InputError(
+        f'{flag}: disparity {far:g} shifts the outermost views in the aperture ({reach:g} view steps) by '
+        f'{far * reach:.0f} px, as much as the {h}x{w} processed views; use |disparity| < '
+        f'{min(h, w) / reach:.3g} (pixels per view step)')
+
+
+def largest_disparity(config: LightFieldConfig) -> float:
+  """The largest |disparity| the light-field stage refocuses at (the sweep, and the user's planes)."""
+  values = config.sweep_values()
+  if config.planes is not None:
+    values = np.concatenate([values, config.user_planes()])
+  return float(np.max(np.abs(values)))
+
+
+def make_focal_stack(lf: LightField, config: LightFieldConfig = LightFieldConfig()) -> FocalStack:
+  """Chooses the focal planes (`config.planes`, or `config.num_planes` automatically from the sweep)
+  and refocuses `lf` at them by shift-and-add over the synthetic aperture (`config.aperture`).
+
+  `config.crop` and `config.downsample` are the loader's (`load_light_field`); here they are unused.
   """
-  return jnp.argmax(decisions, axis=0).astype(jnp.int32)
+  check_disparities(lf, config)
+  user = config.user_planes()
+  fp = choose_focal_planes(lf, None if user is not None else config.num_planes, disparities=user,
+                           sweep=config.sweep_values(), aperture=config.aperture, method=SHIFT_METHOD)
+  planes = np.asarray(fp.disparities, np.float32)
+  pad = required_pad(lf, float(np.max(np.abs(planes))))
+  stack = focal_stack(lf, jnp.asarray(planes), config.aperture, method=SHIFT_METHOD, pad=pad)
+  return FocalStack(np.clip(np.asarray(stack), 0.0, 1.0), planes, 'user' if user is not None else 'auto',
+                    np.asarray(fp.coverage), np.asarray(fp.slice_index), np.asarray(fp.sweep), pad,
+                    aperture_reach(lf, config.aperture)[0])
 
 
-def index_map_image(index: jnp.ndarray, n: int) -> jnp.ndarray:
-  """Colours an index map: int [H, W] with values in [0, n) -> uint8 [H, W, 3] RGB (`palette(n)`).
+def slice_names(source: str, planes) -> list[str]:
+  """Names of the slices in messages: '<source> refocused at d=+0.500'."""
+  return [f'{source} refocused at d={d:+.3f}' for d in planes]
 
-  Out-of-range values are clipped to [0, n - 1].
+
+def fuse_light_field(lf: LightField, config, lf_config: LightFieldConfig = LightFieldConfig(), key=None,
+                     progress=None, source: str = 'light field'):
+  """Light field -> focal stack (`make_focal_stack`) -> DFP (`fusion.fuse` with FusionConfig `config`).
+
+  Returns (FusionResult, FocalStack). `progress` as for `fusion.fuse` (default: its logger); `source`
+  names the light field in error messages.
   """
-  colours = jnp.asarray(palette(n))
-  return jnp.take(colours, jnp.asarray(index, jnp.int32), axis=0, mode='clip')
-
-
-def index_map_legend(n: int, labels: Sequence[str] | None = None, width: int = 256,
-                     row_height: int = 18) -> np.ndarray:
-  """A legend strip for `index_map_image`, uint8 [h, width, 3] RGB, white background.
-
-  Entries (colour swatch + label, default '0', '1', ...) are laid out in as many columns as fit the
-  width, so the strip can be stacked under an index-map image of the same width.
-
-  Args:
-    n: number of inputs.
-    labels: optional [n] labels, e.g. ['d=-1.25', 'd=0.50'].
-    width: strip width in pixels.
-    row_height: height of one entry row in pixels.
-
-  Returns:
-    uint8 [rows * row_height, width, 3].
-  """
-  labels = [str(i) for i in range(n)] if labels is None else [str(s) for s in labels]
-  if len(labels) != n:
-    raise ValueError(f'{len(labels)} labels for {n} inputs')
-  colours = palette(n)
-  font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, row_height / 45.0), 1
-  swatch = row_height - 6
-  avail = width - (4 + swatch + 6) - 3  # Text room in a one-column legend.
-
-  def fit(s):  # A label too wide for the strip is shortened ('name..'), never cut off at the edge.
-    if cv2.getTextSize(s, font, scale, thick)[0][0] <= avail:
-      return s
-    k = len(s)
-    while k > 1 and cv2.getTextSize(s[:k] + '..', font, scale, thick)[0][0] > avail:
-      k -= 1
-    return s[:k] + '..'
-
-  labels = [fit(s) for s in labels]
-  text_w = max(cv2.getTextSize(s, font, scale, thick)[0][0] for s in labels)
-  cell_w = swatch + 8 + text_w + 10
-  ncols = max(1, min(n, width // cell_w))
-  nrows = -(-n // ncols)
-  strip = np.full((nrows * row_height, width, 3), 255, np.uint8)
-  for i, (label, colour) in enumerate(zip(labels, colours)):
-    r, c = divmod(i, ncols)
-    x0, y0 = c * cell_w + 4, r * row_height + 3
-    col = tuple(int(v) for v in colour)
-    cv2.rectangle(strip, (x0, y0), (x0 + swatch, y0 + swatch), col, thickness=-1)
-    cv2.rectangle(strip, (x0, y0), (x0 + swatch, y0 + swatch), (0, 0, 0), thickness=1)
-    baseline = y0 + swatch - max(1, swatch // 6)
-    cv2.putText(strip, label, (x0 + swatch + 6, baseline), font, scale, (0, 0, 0), thick,
-                cv2.LINE_AA)
-  return strip
+  stack = make_focal_stack(lf, lf_config)
+  kwargs = {} if progress is None else {'progress': progress}
+  result = fusion.fuse(list(stack.slices), config=config, key=key,
+                       names=slice_names(source, stack.planes), **kwargs)
+  return result, stack

@@ -72,8 +72,8 @@ def space_to_depth_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
   A k x k stride-2 kernel is zero-padded to k' = k + (k mod 2) taps and regrouped into a
   (k'/2) x (k'/2) kernel over 4C channels, so that out[i] = sum_a x[2i + a] w[a] becomes
   sum_q xs[i + q] w'[q] with xs[j] = (x[2j], x[2j + 1]). Same parameters, same output; on XLA:CPU
-  (jax 0.10) the stride-2 convolutions' gradients, computed as dilated convolutions, cost 2-4x
-  more than this form at the network's wide levels (docs/benchmarks.md, section 3b). Anything else
+  (jax 0.10) the stride-2 convolutions' gradients, computed as dilated convolutions, cost several
+  times more than this form at the network's wide levels (docs/design.md "Runtime choices"). Anything else
   (other strides, padding, dilation, groups, odd sizes) goes to `lax.conv_general_dilated` as is.
   """
   plain = functools.partial(jax.lax.conv_general_dilated, lhs, rhs, window_strides, padding,
@@ -233,10 +233,15 @@ class NetConfig:
   channels_down: tuple = (8, 16, 32, 64, 128)  # Encoder channels per scale.
   channels_up: tuple = (8, 16, 32, 64, 128)  # Decoder channels per scale.
   channels_skip: tuple = (4, 4, 4, 4, 4)  # Skip channels per scale.
-  kernel_size: int = 5  # Convolution size n_d.
-  double_3x3: bool = False  # Two 3x3 convolutions instead of each n_d x n_d one.
-  upsample: str = 'bilinear'  # Decoder upsampling.
-  strided_conv: str = 'space_to_depth'  # How stride-2 convolutions are computed (see SkipNet).
+  kernel_size: int = dataclasses.field(default=5, metadata={'help': 'Convolution size n_d (odd).'})
+  double_3x3: bool = dataclasses.field(default=False, metadata={
+      'help': 'Two 3x3 convolutions in place of each n_d x n_d one.'})
+  upsample: str = dataclasses.field(default='bilinear', metadata={
+      'help': 'Decoder upsampling.', 'choices': ('bilinear', 'nearest')})
+  strided_conv: str = dataclasses.field(default='space_to_depth', metadata={
+      'help': "How the encoder's stride-2 convolutions are computed: as a stride-1 convolution on the "
+              'space-to-depth input (faster on XLA:CPU) or directly; same parameters, same result up to '
+              'rounding.', 'choices': STRIDED_CONVS})
 
   def __post_init__(self):
     if not (len(self.channels_down) == len(self.channels_up) == len(self.channels_skip)):

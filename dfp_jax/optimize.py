@@ -20,15 +20,14 @@ How a chunk is executed is a measured choice per backend (`loop`):
   * 'python': the jitted, state-donating `train_step` dispatched `chunk_size` times from Python (JAX
     dispatch is asynchronous, so there is still no host sync inside the chunk).
   * 'auto' (default): 'python' on CPU, 'scan' elsewhere.
-Why: on XLA:CPU (jax 0.10.2) the stride-1 convolution gradients run 10-30x slower inside any `while`
-loop than in straight-line code (measured on this project's 2-core CI machine: 0.22 s per main step at
-256x256 output as a jitted step, 2.1 s per step inside `lax.scan`, with or without the legacy runtime;
-a fully unrolled 25-step scan ran at 0.29 s but took 172 s to compile). See docs/benchmarks.md.
+Why: on XLA:CPU (jax 0.10.2) the convolution gradients run an order of magnitude slower inside any
+`while` loop than in straight-line code, and a fully unrolled scan takes minutes to compile
+(docs/design.md "Runtime choices").
 
 A stage may carry XLA compiler options for its step programs (`Stage.compiler_options`, applied on CPU
 only): `FusionConfig.cpu_conv='eigen'` (default) keeps XLA:CPU's convolutions off YNNPACK, whose
 kernels are several times slower than XLA's Eigen ones for this network's narrow, odd channel counts
-(jax 0.10.2: a 5x5, 20 -> 8 channel convolution at 256x256 takes 42 ms on YNNPACK, 8 ms on Eigen).
+(docs/design.md "Runtime choices").
 
 The output of a stage is never chosen with a ground truth: it is the EMA of the iterates' outputs
 (bias-corrected, decay 0.99 as in deep image prior) or the last iterate's output.
@@ -36,6 +35,7 @@ The output of a stage is never chosen with a ground truth: it is the EMA of the 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import time
@@ -197,13 +197,16 @@ def log_progress(stage: str, done: int, total: int, elapsed: float, terms: dict)
   eta = (total - done) / rate if rate > 0 else float('nan')
   loss = ' '.join(f'{k}={v:.4g}' for k, v in terms.items())
   logging.info('[%s] step %d/%d (%.0f%%)  %.2f it/s  ETA %s  %s', stage, done, total,
-               100.0 * done / max(total, 1), rate, _fmt_seconds(eta), loss)
+               100.0 * done / max(total, 1), rate, format_seconds(eta), loss)
 
 
-def _fmt_seconds(s: float) -> str:
+def format_seconds(s: float) -> str:
+  """A duration for progress lines: '42s', '3m05s', '2h07m'; '?' when unknown."""
   if not np.isfinite(s):
     return '?'
   s = int(round(s))
+  if s >= 3600:
+    return f'{s // 3600}h{s % 3600 // 60:02d}m'
   return f'{s // 60}m{s % 60:02d}s' if s >= 60 else f'{s}s'
 
 
@@ -219,7 +222,7 @@ def resolve_loop(loop: str) -> str:
 def compile_chunk(stage: Stage, state: TrainState, problem, chunk_size: int, loop: str = 'scan'):
   """Ahead-of-time compiles the program that runs a chunk; returns (run, seconds) where
   run(state, problem, n) -> (state, terms stacked to [n] (device arrays))."""
-  key = (loop, chunk_size, _signature((state, problem)))
+  key = (loop, chunk_size, signature((state, problem)))
   if key in stage.compiled:
     return stage.compiled[key], 0.0
   t0 = time.perf_counter()
@@ -257,10 +260,39 @@ def compile_with_options(lowered, stage: Stage):
     return lowered.compile()
 
 
-def _signature(tree) -> tuple:
+def signature(tree) -> tuple:
+  """What a compiled program depends on: the tree structure, shapes, dtypes and shardings of `tree`."""
   leaves, treedef = jax.tree.flatten(tree)
   return (str(treedef),) + tuple((tuple(x.shape), str(x.dtype), str(getattr(x, 'sharding', '')))
                                  for x in leaves)
+
+
+# One-off programs (parameter initialisation) compiled at XLA's lowest backend optimisation level:
+# XLA:CPU spends many seconds optimising the initialisers' random-number code (threefry, truncated
+# normal) for a run of a few milliseconds; at level 0 it compiles in a fraction of that and gives
+# bit-identical values (tests/test_fusion.py checks it). Keyed by function, static arguments and argument shapes.
+_ONE_OFF_OPTIONS = {'xla_backend_optimization_level': 0}
+_one_off_cache: collections.OrderedDict = collections.OrderedDict()
+
+
+def clear_one_off_cache() -> None:
+  """Forgets the one-off programs (benchmarks timing a cold start)."""
+  _one_off_cache.clear()
+
+
+def call_one_off(fn, *args, **static):
+  """fn(*args, **static) for a jitted `fn` with static keyword arguments, compiled cheaply on CPU."""
+  if jax.default_backend() != 'cpu':
+    return fn(*args, **static)
+  key = (fn, tuple(sorted(static.items())), signature(args))
+  compiled = _one_off_cache.get(key)
+  if compiled is None:
+    compiled = fn.lower(*args, **static).compile(compiler_options=_ONE_OFF_OPTIONS)
+    _one_off_cache[key] = compiled
+    while len(_one_off_cache) > 64:
+      _one_off_cache.popitem(last=False)
+  return compiled(*args)
+
 
 
 def run_stage(stage: Stage, state: TrainState, problem, num_steps: int, chunk_size: int = 50,

@@ -1,5 +1,7 @@
 """Pictures as arrays (uint8 RGB), drawn with OpenCV: loss curves, side-by-side comparisons, decision
-maps. Nothing here shows a window or writes a file; `experiments/` writes what these return.
+maps, index maps (which of N inputs each pixel takes) with legends, contact sheets. Nothing here shows
+a window or writes a file; the application's outputs writer (`dfp_jax.app.outputs`) and `experiments/`
+write what these return.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+# Tableau-10 (matplotlib 'tab10'), RGB: distinguishable for up to 10 inputs.
+_TAB10 = np.array([
+    [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+    [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], np.uint8)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -136,7 +140,7 @@ def _panel(title, terms, width, height):
                 _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
   cv2.putText(img, 'iteration', (left + pw // 2 - 30, height - 4), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
   for i, (name, v) in enumerate(series.items()):
-    colour = _COLOURS[i % len(_COLOURS)]
+    colour = tuple(int(c) for c in _TAB10[i % len(_TAB10)])
     x = left + np.arange(len(v)) / max(n - 1, 1) * pw
     y = top + ph - (np.log10(np.clip(v, 10 ** lo, None)) - lo) / (hi - lo) * ph
     pts = np.stack([x, y], 1)[np.isfinite(y)].round().astype(np.int32)
@@ -180,7 +184,7 @@ def line_plot(series: dict, title: str, xlabel: str = 'iteration', ylabel: str =
   if ylabel:
     cv2.putText(img, ylabel, (left + 4, top + 14), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
   for i, (name, (x, y)) in enumerate(data.items()):
-    colour = _COLOURS[i % len(_COLOURS)]
+    colour = tuple(int(c) for c in _TAB10[i % len(_TAB10)])
     u, v = px(x, y)
     pts = np.stack([u, v], 1)[np.isfinite(v)].round().astype(np.int32)
     if len(pts) > 1:
@@ -191,3 +195,114 @@ def line_plot(series: dict, title: str, xlabel: str = 'iteration', ylabel: str =
     cv2.line(img, (left + pw + 10, top + 12 + 18 * i), (left + pw + 30, top + 12 + 18 * i), colour, 2)
     cv2.putText(img, name, (left + pw + 34, top + 16 + 18 * i), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
   return img
+
+
+# ---------------------------------------------------------------------------------------------------
+# Index maps for N inputs: which input each pixel takes.
+
+def palette(n: int) -> np.ndarray:
+  """n RGB colours, uint8 [n, 3]: Tableau-10, then golden-angle hues (less distinct) beyond 10."""
+  if n < 1:
+    raise ValueError(f'palette needs n >= 1, got {n}')
+  colours = [_TAB10[i] for i in range(min(n, 10))]
+  for i in range(10, n):
+    hue = int((i * 137.508) % 360) // 2  # OpenCV hue is 0..179.
+    sat = 255 if i % 2 else 170
+    hsv = np.array([[[hue, sat, 230]]], np.uint8)
+    colours.append(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
+  return np.stack(colours).astype(np.uint8)
+
+
+def index_map(decisions: np.ndarray) -> np.ndarray:
+  """Index of the winning input at each pixel: decision maps [N, H, W] -> int32 [H, W].
+
+  For maps that partition the image (one-hot over N) this is the input that owns each pixel; for
+  soft maps it is the argmax (ties: lowest index).
+  """
+  return np.argmax(np.asarray(decisions), axis=0).astype(np.int32)
+
+
+def index_map_image(index: np.ndarray, n: int) -> np.ndarray:
+  """Colours an index map: int [H, W] with values in [0, n) -> uint8 [H, W, 3] RGB (`palette(n)`).
+
+  Out-of-range values are clipped to [0, n - 1].
+  """
+  return palette(n)[np.clip(np.asarray(index, np.int64), 0, n - 1)]
+
+
+def index_map_legend(n: int, labels: Sequence[str] | None = None, width: int = 256,
+                     row_height: int = 18) -> np.ndarray:
+  """A legend strip for `index_map_image`, uint8 [h, width, 3] RGB, white background.
+
+  Entries (colour swatch + label, default '0', '1', ...) are laid out in as many columns as fit the
+  width, so the strip can be stacked under an index-map image of the same width.
+
+  Args:
+    n: number of inputs.
+    labels: optional [n] labels, e.g. ['d=-1.25', 'd=0.50'].
+    width: strip width in pixels.
+    row_height: height of one entry row in pixels.
+
+  Returns:
+    uint8 [rows * row_height, width, 3].
+  """
+  labels = [str(i) for i in range(n)] if labels is None else [str(s) for s in labels]
+  if len(labels) != n:
+    raise ValueError(f'{len(labels)} labels for {n} inputs')
+  colours = palette(n)
+  font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, row_height / 45.0), 1
+  swatch = row_height - 6
+  avail = width - (4 + swatch + 6) - 3  # Text room in a one-column legend.
+
+  def fit(s):  # A label too wide for the strip is shortened ('name..'), never cut off at the edge.
+    if cv2.getTextSize(s, font, scale, thick)[0][0] <= avail:
+      return s
+    k = len(s)
+    while k > 1 and cv2.getTextSize(s[:k] + '..', font, scale, thick)[0][0] > avail:
+      k -= 1
+    return s[:k] + '..'
+
+  labels = [fit(s) for s in labels]
+  text_w = max(cv2.getTextSize(s, font, scale, thick)[0][0] for s in labels)
+  cell_w = swatch + 8 + text_w + 10
+  ncols = max(1, min(n, width // cell_w))
+  nrows = -(-n // ncols)
+  strip = np.full((nrows * row_height, width, 3), 255, np.uint8)
+  for i, (label, colour) in enumerate(zip(labels, colours)):
+    r, c = divmod(i, ncols)
+    x0, y0 = c * cell_w + 4, r * row_height + 3
+    col = tuple(int(v) for v in colour)
+    cv2.rectangle(strip, (x0, y0), (x0 + swatch, y0 + swatch), col, thickness=-1)
+    cv2.rectangle(strip, (x0, y0), (x0 + swatch, y0 + swatch), (0, 0, 0), thickness=1)
+    baseline = y0 + swatch - max(1, swatch // 6)
+    cv2.putText(strip, label, (x0 + swatch + 6, baseline), font, scale, (0, 0, 0), thick,
+                cv2.LINE_AA)
+  return strip
+
+
+def index_map_picture(maps: np.ndarray, labels: Sequence[str], min_width: int = 256) -> np.ndarray:
+  """Colour index map of decision maps [N, H, W] with a legend of `labels` below it, uint8 RGB; enlarged
+  by pixel replication to at least `min_width` so the legend stays legible."""
+  n = maps.shape[0]
+  colour = index_map_image(index_map(maps), n)
+  k = max(1, -(-min_width // colour.shape[1]))
+  colour = np.repeat(np.repeat(colour, k, axis=0), k, axis=1)
+  return np.concatenate([colour, index_map_legend(n, labels, width=colour.shape[1])], axis=0)
+
+
+def contact_sheet(stack, maps, fused, captions: Sequence[str], max_width: int = 2400) -> np.ndarray:
+  """One picture of a focal-stack fusion: two rows at the output size, the slices (pixel replication)
+  with the index map and the result, then each slice's decision map. `captions`: one per slice. uint8
+  RGB, at most `max_width` wide."""
+  h, w = fused.shape[:2]
+  n = len(stack)
+  index = index_map_image(index_map(maps), n)
+  top = ([resize_to(to_uint8_rgb(x), h, w, nearest=True) for x in stack]
+         + [resize_to(index, h, w, nearest=True), to_uint8_rgb(fused)])
+  bottom = [resize_to(to_uint8_rgb(np.asarray(m, np.float32)), h, w, nearest=True) for m in maps]
+  rows = [side_by_side(top, list(captions) + ['index map', 'DFP'], max_width=10 ** 6),
+          side_by_side(bottom, [f'decision map {i:02d}' for i in range(n)], max_width=10 ** 6)]
+  width = max(r.shape[1] for r in rows)
+  rows = [np.concatenate([r, np.full((r.shape[0], width - r.shape[1], 3), 255, np.uint8)], 1) for r in rows]
+  sheet = np.concatenate([rows[0], np.full((6, width, 3), 255, np.uint8), rows[1]], 0)
+  return resize_to(sheet, int(sheet.shape[0] * min(1.0, max_width / width)), min(width, max_width))

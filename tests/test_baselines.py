@@ -1,8 +1,5 @@
 """Baselines: OpenCV's pyramid conventions, Laplacian-pyramid fusion, average and map fusion."""
 
-import os
-import sys
-
 import cv2
 import numpy as np
 import pytest
@@ -10,8 +7,7 @@ import jax.numpy as jnp
 
 from dfp_jax import baselines
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import synthetic  # noqa: E402
+import synthetic  # pylint: disable=g-bad-import-order  (tests/ is on pytest's path)
 
 
 @pytest.mark.parametrize('shape', [(16, 16), (17, 23), (32, 9), (5, 6)])
@@ -76,7 +72,6 @@ def test_laplacian_pyramid_fusion_recovers_sharp_halves_and_identities():
 
 
 def test_dip_superresolution_fits_its_input():
-  from dfp_jax import fusion
   from dfp_jax.config import FusionConfig
   from dfp_jax.models import NetConfig
   from dfp_jax import resample
@@ -84,7 +79,7 @@ def test_dip_superresolution_fits_its_input():
   cfg = FusionConfig(scale=2, iters=30, image_net=tiny, lr=1e-2, stop='fixed', chunk_size=10)
   _, x = _pair(16, 16)
   image = x[0]
-  out, report = fusion.dip_superresolve(image, cfg)
+  out, report = baselines.dip_superresolve(image, cfg)
   assert out.shape == (32, 32, 3) and report.steps == 30
   loss = report.history['total']
   assert loss[-1] < 0.5 * loss[0]  # The prior fits the image's downsampling.

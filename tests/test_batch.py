@@ -16,11 +16,11 @@ import jax
 
 from dfp_jax import batch
 from dfp_jax import fusion
+from dfp_jax import memory
 from dfp_jax.config import FusionConfig
 from dfp_jax.models import NetConfig
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import synthetic  # noqa: E402
+import synthetic  # pylint: disable=g-bad-import-order  (tests/ is on pytest's path)
 
 # Compile time dominates these small tests on CPU (as in tests/test_optimize.py).
 jax.config.update('jax_disable_most_optimizations', True)
@@ -104,9 +104,9 @@ def test_result_does_not_depend_on_batch_mates(scenes, programs):
 def test_one_trace_per_bucket_with_padded_groups(scenes, monkeypatch):
   # 5 scenes of one shape in groups of 2: groups 2, 2 and 1 + a dummy; the step is traced once.
   cfg = CFG.replace(mask_iters=0, iters=2)
-  original = batch.GroupStage.step
+  original = batch.programs.GroupStage.step
   counted = chex.assert_max_traces(lambda self, state, problem: original(self, state, problem), n=1)
-  monkeypatch.setattr(batch.GroupStage, 'step', counted)
+  monkeypatch.setattr(batch.programs.GroupStage, 'step', counted)
   five = [scenes[i % 3] for i in range(5)]
   results, report = batch.fuse_batch(five, cfg, strategy='vmap', max_scenes_per_step=2, progress=None)
   assert report.buckets[0]['group_size'] == 2 and len(results) == 5
@@ -120,10 +120,10 @@ def test_converged_scenes_are_frozen_in_a_group(scenes):
   cfg = CFG.replace(mask_iters=0)
   x = jnp.stack([jnp.asarray(np.stack(s)) for s in scenes[:2]])
   keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.key(0)] * 2))[:, 1]
-  maps = batch._decision_maps(x, cfg.doublereblur)
-  state, problem = batch._init_main(keys, x, maps, config=cfg)
+  maps = batch.programs.decision_maps(x, cfg.doublereblur)
+  state, problem = batch.programs.init_main(keys, x, maps, config=cfg)
   problem = dict(problem, active=jnp.ones(2, bool))
-  stage = batch.group_stage(fusion.main_stage(cfg, 3), 'vmap')
+  stage = batch.programs.group_stage(fusion.main_stage(cfg, 3), 'vmap')
   state, _ = optimize.run_stage(stage, state, problem, 2, 2, None, loop='python')
   after2 = jax.tree.map(np.asarray, state)
   problem = stage.set_active(problem, [False, True])
@@ -156,12 +156,13 @@ def test_bad_scene_is_reported_and_others_go_on(scenes):
 
 
 def test_memory_split_and_refusal():
-  big = batch.scenes_that_fit(512, 512, 2, 3, FusionConfig(), available=2 ** 40)
-  small = batch.scenes_that_fit(512, 512, 2, 3, FusionConfig(), available=2 ** 31)
-  per = fusion.estimate_memory(512, 512, 2, 3, FusionConfig())['host_peak']  # CPU devices.
+  big = batch.plan.scenes_that_fit(512, 512, 2, 3, FusionConfig(), available=2 ** 40)
+  small = batch.plan.scenes_that_fit(512, 512, 2, 3, FusionConfig(), available=2 ** 31)
+  per = memory.estimate_memory(512, 512, 2, 3, FusionConfig())['host_peak']  # CPU devices.
   assert small == int(0.9 * 2 ** 31 // per) and big > small >= 0
-  assert batch.scenes_that_fit(512, 512, 2, 3, FusionConfig(), available=per // 2) == 0
-  assert [batch._vmap_group(3, 100, 2), batch._vmap_group(5, 4, 2), batch._vmap_group(3, 1, 2)] == [4, 4, 1]
+  assert batch.plan.scenes_that_fit(512, 512, 2, 3, FusionConfig(), available=per // 2) == 0
+  assert [batch.plan.vmap_group(3, 100, 2), batch.plan.vmap_group(5, 4, 2),
+          batch.plan.vmap_group(3, 1, 2)] == [4, 4, 1]
 
 
 def test_probe_picks_a_measured_strategy_and_caches_it(scenes, tmp_path):
@@ -170,12 +171,12 @@ def test_probe_picks_a_measured_strategy_and_caches_it(scenes, tmp_path):
   keys = jnp.stack([jax.random.key(0)] * 2)
   cfg = CFG.replace(mask_iters=0)
   cache = str(tmp_path / 'probe.json')
-  best, rates = batch.probe_strategy(x, keys, cfg, group=2, steps=1, cache_path=cache)
+  best, rates = batch.plan.probe_strategy(x, keys, cfg, group=2, steps=1, cache_path=cache)
   assert set(rates) == {'loop', 'vmap'} and best == max(rates, key=rates.get)
   assert all(r > 0 for r in rates.values())
   saved = json.load(open(cache))
   assert list(saved.values())[0]['best'] == best
-  assert batch.probe_strategy(x, keys, cfg, group=2, steps=1, cache_path=cache) == (best, rates)
+  assert batch.plan.probe_strategy(x, keys, cfg, group=2, steps=1, cache_path=cache) == (best, rates)
 
 
 def test_probe_cache_key_covers_what_changes_the_step():
@@ -183,15 +184,15 @@ def test_probe_cache_key_covers_what_changes_the_step():
   kernels, output form, the net's input width, any image-net field) give a new key; those that do not
   (step counts) keep it."""
   shape = (2, 16, 16, 3, 2, True)
-  key = batch.probe_key(shape, CFG, None)
+  key = batch.plan.probe_key(shape, CFG, None)
   no_skips = (0,) * len(CFG.image_net.channels_skip)
   changed = [CFG.replace(cpu_conv='ynnpack'), CFG.replace(output_base='none'),
              CFG.replace(input_type='noise'), CFG.replace(input_type='noise', noise_channels=8),
              CFG.replace(image_net=dataclasses.replace(CFG.image_net, upsample='nearest')),
              CFG.replace(image_net=dataclasses.replace(CFG.image_net, channels_skip=no_skips))]
-  keys = [batch.probe_key(shape, c, None) for c in changed]
+  keys = [batch.plan.probe_key(shape, c, None) for c in changed]
   assert len(set(keys + [key])) == len(keys) + 1
-  assert batch.probe_key(shape, CFG.replace(iters=7, mask_iters=3), None) == key
+  assert batch.plan.probe_key(shape, CFG.replace(iters=7, mask_iters=3), None) == key
 
 
 MULTI_DEVICE_SCRIPT = textwrap.dedent('''
@@ -228,7 +229,7 @@ def test_sharded_over_four_host_devices_equals_unsharded(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The batch job of experiments/run.py.
+# The batch job of the application.
 
 
 def _dataset(root, bad=True):
@@ -345,8 +346,7 @@ def test_two_processes_share_the_scene_list(tmp_path):
 def test_batch_skips_result_folders_and_refuses_a_scene_folder_as_output(tmp_path):
   """A previous batch output (manifest.json) or single-scene result (summary.json) inside the dataset is
   not a scene (its images are results); --output_dir naming a scene folder is refused, not skipped."""
-  sys.path.insert(0, ROOT)
-  from experiments import batch_job  # pylint: disable=g-import-not-at-top
+  from dfp_jax.app import batch_job  # pylint: disable=g-import-not-at-top
   data = _dataset(tmp_path / 'data', bad=False)
   (data / 'old_batch').mkdir()
   (data / 'old_batch' / 'manifest.json').write_text(json.dumps({'scenes': {}}))

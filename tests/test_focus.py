@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_focus as ref  # noqa: E402
 
 from dfp_jax import filters, focus  # noqa: E402

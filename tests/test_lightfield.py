@@ -360,40 +360,5 @@ class PlaneSelectionTest(parameterized.TestCase):
     self.assertIn(int(idx1[0]), (0, 3))
 
 
-class IndexMapTest(parameterized.TestCase):
-
-  def test_index_map_partition_and_colours(self):
-    n = 4
-    index = np.random.default_rng(3).integers(0, n, (12, 9))
-    decisions = (np.arange(n)[:, None, None] == index[None]).astype(np.float32)  # Partition.
-    np.testing.assert_array_equal(decisions.sum(0), 1.0)
-    got = np.asarray(lightfield.index_map(jnp.asarray(decisions)))
-    np.testing.assert_array_equal(got, index)
-    image = np.asarray(lightfield.index_map_image(got, n))
-    self.assertEqual(image.dtype, np.uint8)
-    np.testing.assert_array_equal(image, lightfield.palette(n)[index])
-
-  def test_palette_distinct_for_ten(self):
-    colours = lightfield.palette(10).astype(float)
-    dist = np.linalg.norm(colours[:, None] - colours[None], axis=-1)
-    self.assertGreater(dist[~np.eye(10, dtype=bool)].min(), 40)
-    self.assertLen(np.unique(lightfield.palette(14), axis=0), 14)
-
-  def test_legend_strip(self):
-    labels = [f'd={d:+.2f}' for d in (-1.25, 0.0, 0.5, 1.75)]
-    strip = lightfield.index_map_legend(4, labels, width=200)
-    self.assertEqual(strip.dtype, np.uint8)
-    self.assertEqual(strip.shape[1:], (200, 3))
-    for colour in lightfield.palette(4):  # Every swatch is drawn.
-      self.assertTrue(np.any(np.all(strip == colour, axis=-1)))
-    self.assertTrue(np.any(strip.sum(-1) < 100))  # Black text and borders.
-
-  def test_legend_long_labels_are_shortened_not_cut_off(self):
-    strip = lightfield.index_map_legend(2, ['near_focus_photo.png', 'far_focus_photo.png'], width=48)
-    ink = strip.sum(-1) < 3 * 128
-    self.assertTrue(ink[:, 20:].any())  # Some text is drawn next to the swatches...
-    self.assertFalse(ink[:, -2:].any())  # ...and it ends before the right edge.
-
-
 if __name__ == '__main__':
   absltest.main()

@@ -316,7 +316,7 @@ def test_mask_stage_runs_and_gives_partitions():
   # By default the embedded maps binarise the bias-corrected EMA of the soft maps ...
   np.testing.assert_array_equal(hard, np.asarray(embedding.hard_maps(optimize.ema_output(stage, state))))
   # ... and with output='last' the soft maps of the last forward pass.
-  last = np.asarray(fusion.embedded_maps(state, config=CONFIG.replace(output='last'), num_inputs=2))
+  last = np.asarray(fusion.embedded_maps(state, config=CONFIG.replace(output_average='last'), num_inputs=2))
   np.testing.assert_array_equal(last, np.asarray(embedding.hard_maps(state.output)))
 
 

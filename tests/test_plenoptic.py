@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
+import synthetic  # pylint: disable=g-bad-import-order  (tests/ is on the path)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, 'experiments', 'run.py')
 TINY_FLAGS = ['--iters=3', '--mask_iters=2', '--chunk_size=2', '--channels=4,8', '--skip_channels=2,2',
@@ -30,24 +32,6 @@ def _run(args, cwd=ROOT, **extra_env):
                         timeout=600)
 
 
-def _write_light_field(folder, d_left=-1, d_right=1, seed=0):
-  """5 x 5 uint8 views syn_RR_CC.png of a two-depth scene; returns the texture (uint8, RGB)."""
-  os.makedirs(folder, exist_ok=True)
-  rng = np.random.default_rng(seed)
-  tex = rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)
-  tex = cv2.GaussianBlur(tex, (3, 3), 0.7)  # Some spatial correlation, still plenty of detail.
-  left = (np.arange(SIZE) < SIZE // 2)[None, :, None]
-  c0 = GRID // 2
-  for r in range(GRID):
-    for c in range(GRID):
-      dr, dc = r - c0, c - c0
-      a = np.roll(tex, (-d_left * dr, -d_left * dc), axis=(0, 1))
-      b = np.roll(tex, (-d_right * dr, -d_right * dc), axis=(0, 1))
-      view = np.where(left, a, b)
-      assert cv2.imwrite(os.path.join(folder, f'syn_{r:02d}_{c:02d}.png'), view[..., ::-1])
-  return tex
-
-
 def _shape(path):
   im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
   assert im is not None, path
@@ -57,7 +41,7 @@ def _shape(path):
 @pytest.fixture(scope='module')
 def lf_folder(tmp_path_factory):
   d = tmp_path_factory.mktemp('lf')
-  _write_light_field(str(d / 'views'))
+  synthetic.write_light_field(str(d / 'views'))
   (d / 'empty').mkdir()
   (d / 'empty' / 'notes.txt').write_text('no views here')
   assert cv2.imwrite(str(d / 'empty' / 'photo.png'), np.zeros((8, 8, 3), np.uint8))
@@ -134,36 +118,6 @@ def test_three_user_planes_crop_downsample_and_scores(lf_folder, tmp_path):
   assert len(s['inputs']) == 3 and len(s['decision_map_fractions']['raw']) == 3
 
 
-def test_benchmark_gt_scores_every_method_and_writes_json(lf_folder, tmp_path):
-  """experiments/benchmark_gt.py on the synthetic light field (centre view = the all-in-focus answer)."""
-  out = tmp_path / 'gt.json'
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  r = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'benchmark_gt.py'),
-                      f'--lightfield={lf_folder / "views"}', '--gt_crop=', '--scales=1,2', '--num_planes=2',
-                      '--disparities=-1,1', '--seed=7', f'--json={out}', f'--bench_dir={tmp_path / "bench"}']
-                     + TINY_FLAGS, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  d = json.loads(out.read_text())
-  assert d['complete'] is True and d['seed'] == 7 and d['crop'] is None
-  methods = {'dfp', 'decision_map+bicubic', 'average+bicubic', 'laplacian_pyramid+bicubic',
-             'decision_map_threshold+bicubic', 'best_slice+bicubic'}
-  by_case = {}
-  for row in d['rows']:
-    by_case.setdefault(row['case'], {})[row['method']] = row
-  assert set(by_case) == {'N2_x1', 'N2_x2'} and all(set(v) == methods for v in by_case.values())
-  for case, s in (('N2_x1', 1), ('N2_x2', 2)):
-    rows = by_case[case]
-    assert rows['dfp']['lr_size'] == [SIZE // s, SIZE // s] and rows['dfp']['iters'] == 3
-    assert rows['dfp']['planes'] == [-1.0, 1.0]
-  # At x1 each slice has one half exactly in focus and the other blurred by the full aperture: the
-  # selection by the decision map must score far above the average (a sign error in the protocol, or
-  # scoring against the wrong view, breaks this).
-  x1 = by_case['N2_x1']
-  assert x1['decision_map+bicubic']['PSNR'] > x1['average+bicubic']['PSNR'] + 3
-  assert x1['decision_map+bicubic']['PSNR'] > x1['best_slice+bicubic']['PSNR'] + 3
-  assert '| N2_x2 | dfp |' in r.stdout and os.path.exists(tmp_path / 'bench' / 'N2_x1_sheet.png')
-
-
 @pytest.mark.parametrize('case, match', [
     ('missing', 'nope: light-field folder not found'),
     ('no_views', 'no light-field views found'),
@@ -211,66 +165,3 @@ def test_bad_input_gives_one_clear_line(lf_folder, tmp_path, case, match):
   assert 'Traceback' not in r.stderr
   assert sorted(os.listdir(out)) == ['keep.txt', 'summary.json']  # Nothing written, nothing lost.
   assert sorted(os.listdir(lf_folder / 'views')) == before
-
-
-def test_x1_ceiling_bounds_are_ordered_on_the_synthetic_light_field(lf_folder, tmp_path):
-  """experiments/x1_ceiling.py: the per-pixel oracle selection is no worse than any other selection (the
-  map, the windowed oracles, the |Laplacian| rule), the per-pixel best convex blend no worse than any
-  selection or feathered blend, and a window of sigma 0.01 (an identity kernel) turns the windowed
-  oracle into the per-pixel one."""
-  out = tmp_path / 'ceiling.json'
-  r = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'x1_ceiling.py'),
-                      f'--lightfield={lf_folder / "views"}', '--regions=0:0', f'--region_size={SIZE}',
-                      '--num_planes=2,3', '--window_sigmas=0.01,2', f'--json={out}'], cwd=ROOT,
-                     env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True, timeout=300)
-  assert r.returncode == 0, r.stderr[-3000:]
-  d = json.loads(out.read_text())
-  assert [row['num_planes'] for row in d['rows']] == [2, 3]
-  for row in d['rows']:
-    p = {k: v['PSNR'] for k, v in row['scores'].items()}
-    selections = ['map', 'laplacian 0.01', 'laplacian 2', 'oracle window 0.01', 'oracle window 2']
-    assert set(p) == set(selections) | {'feather 1', 'feather 2', 'oracle pixel', 'oracle blend'}, p
-    assert all(p['oracle pixel'] >= p[k] - 1e-6 for k in selections), p
-    assert all(p['oracle blend'] >= p[k] - 1e-6 for k in p), p
-    assert abs(p['oracle window 0.01'] - p['oracle pixel']) < 1e-6, p
-  assert '| 3 (1 regions) |' in r.stdout
-
-
-def _dense_simplex_best(stack, gt, steps=200):
-  """Smallest squared error over convex weights of 3 inputs on a 1/steps grid, per pixel."""
-  a, b = np.meshgrid(np.arange(steps + 1) / steps, np.arange(steps + 1) / steps, indexing='ij')
-  keep = a + b <= 1 + 1e-12
-  w = np.stack([a[keep], b[keep], 1 - a[keep] - b[keep]])  # [3, G]
-  fits = np.einsum('ng,nhwc->ghwc', w, stack.astype(np.float64))
-  return ((fits - gt[None]) ** 2).sum(-1).min(0)
-
-
-@pytest.mark.parametrize('channels', [3, 1])
-def test_oracle_blend_matches_a_dense_search_of_the_simplex(channels):
-  """The exact per-pixel convex blend against a 1/200 grid of the weights, for 3 inputs in colour and in
-  grey (where the 3-input face is underdetermined and must come from the 2-input faces)."""
-  sys.path.insert(0, ROOT)
-  from experiments import oracles  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(3)
-  stack = rng.random((3, 4, 5, channels)).astype(np.float32)
-  gt = rng.random((4, 5, channels)).astype(np.float32)
-  err = ((oracles.oracle_blend(stack, gt).astype(np.float64) - gt) ** 2).sum(-1)
-  dense = _dense_simplex_best(stack, gt)
-  # The exact optimum is never above the grid's best (a blend outside the simplex would be far below it).
-  assert np.all(err <= dense + 1e-6), (err, dense)
-  np.testing.assert_allclose(err, dense, atol=2e-5)
-
-
-def test_laplacian_selection_picks_the_sharp_input_and_window_oracle_the_true_one():
-  sys.path.insert(0, ROOT)
-  from experiments import oracles  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(5)
-  sharp = cv2.GaussianBlur(rng.random((24, 24, 3)).astype(np.float32), (3, 3), 0.6)
-  blurred = cv2.GaussianBlur(sharp, (9, 9), 2.5)
-  left = (np.arange(24) < 12)[None, :, None]
-  a, b = np.where(left, sharp, blurred), np.where(left, blurred, sharp)  # Each sharp on one half.
-  stack = np.stack([a, b])
-  inner = np.s_[:, 3:9]  # Away from the border between the halves (a window straddles it).
-  np.testing.assert_array_equal(oracles.laplacian_selection(stack, 1.0)[inner], sharp[inner])
-  np.testing.assert_array_equal(oracles.oracle_window(stack, sharp, 1.0)[inner], sharp[inner])
-  np.testing.assert_array_equal(oracles.oracle_pixel(stack, sharp), sharp)

@@ -1,0 +1,85 @@
+"""The single-scene job: `--inputs=a.png,b.png` -> `--output_dir`.
+
+Order (each check before any work, so a refusal costs nothing): read and check the inputs, estimate the
+memory, check the output folder, then fuse inside a staging folder that replaces the output folder only
+when every file is written (`output_folder.StagingDir`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from absl import logging
+import jax
+
+from dfp_jax import errors
+from dfp_jax import fusion
+from dfp_jax import image_io
+from dfp_jax import memory
+from dfp_jax import output_folder
+from dfp_jax.app import outputs
+from dfp_jax.config import FusionConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobArgs:
+  """What every job takes besides its inputs."""
+  config: FusionConfig = FusionConfig()
+  output_dir: str = 'outputs/run'
+  output_bit_depth: str = 'auto'  # 'auto', '8' or '16'.
+  seed: int = 0
+  check_memory: bool = True
+
+  def bit_depth(self, input_depths) -> int:
+    """The outputs' bit depth: the user's, or 16 if any input has more than 8 bits."""
+    if self.output_bit_depth != 'auto':
+      return int(self.output_bit_depth)
+    return 16 if any(d > 8 for d in input_depths) else 8
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SceneArgs(JobArgs):
+  inputs: tuple = ()  # Paths of the N >= 2 input images.
+
+
+def check_commas(paths) -> None:
+  """A file whose name holds a comma cannot be given: --inputs splits at commas. Say so, rather than
+  'file not found' for its pieces."""
+  for i in range(len(paths)):
+    if os.path.exists(paths[i]):
+      continue
+    for j in range(i + 2, len(paths) + 1):
+      joined = ','.join(paths[i:j])
+      if os.path.isfile(joined):
+        raise errors.InputError(f'{joined}: its name holds a comma, and --inputs splits at commas; rename '
+                                'the file (or link it under a name without one)')
+
+
+def run_scene(args: SceneArgs) -> int:
+  """Fuses one scene into args.output_dir; returns the exit status (0)."""
+  config = args.config
+  if not args.inputs:
+    raise errors.InputError('no inputs: pass --inputs=a.png,b.png (2 or more images) or a --flagfile')
+  check_commas(args.inputs)
+  images, infos = image_io.load_inputs(args.inputs)
+  paths = [i.path for i in infos]
+  h, w, c = images[0].shape
+  fusion.validate_images(images, config, paths)
+  mem = memory.estimate_memory(h, w, len(images), c, config)
+  if args.check_memory:
+    mem = memory.check_memory(h, w, len(images), c, config, name=paths[0])
+  output_folder.check_output_dir(args.output_dir, protect=paths)  # Before any log line or work.
+  bit_depth = args.bit_depth([i.bit_depth for i in infos])
+  logging.info('DFP: %d inputs of %dx%dx%d, x%d -> %dx%d; backend %s; estimated peak memory %.0f MiB',
+               len(images), h, w, c, config.scale, config.scale * h, config.scale * w,
+               jax.default_backend(), mem['peak'] / 2 ** 20)
+  with output_folder.StagingDir(args.output_dir, protect=paths) as tmp:
+    result = fusion.fuse(images, config=config, key=jax.random.key(args.seed), names=paths)
+    outputs.write_result(tmp, result, images, [os.path.basename(p) for p in paths],
+                         [i.to_dict() for i in infos], config, bit_depth,
+                         summary_extra={'seed': args.seed, 'memory_estimate_bytes': mem},
+                         shown_as=args.output_dir)
+  logging.info('done in %.1f s: results in %s', result.timings['total_s'],
+               output_folder.resolve_output_dir(args.output_dir))
+  return 0

@@ -1,0 +1,284 @@
+"""What the benchmark and study scripts share: flags, runtime setup, ground-truth cases, scores, oracles.
+
+Owns: the flag set every script uses (the configuration flags of `dfp_jax.app.flags`, `--seed`, the
+compilation cache), the `--scenes` / `--regions` / `--lightfield` flag parsers, the light-field
+ground-truth case (views -> `lightfield.make_focal_stack` -> `resample.area_downsample` by the scale;
+the centre view is the all-in-focus truth), PSNR against that truth, the main stage's starting point
+for scripts that drive it window by window, a private compilation cache and the peak-memory probe for
+timings, and the per-pixel oracles of `studies/x1_ceiling.py`.
+
+Flag-free at import (tests import it); scripts call `define_flags()` and the other `define_*`
+helpers at module level. Scripts run as modules from the repository root:
+`python -m experiments.benchmarks.benchmark_gt ...`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import shutil
+import sys
+import tempfile
+from typing import NamedTuple
+
+from absl import app
+from absl import flags
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dfp_jax import filters
+from dfp_jax import fusion
+from dfp_jax import lightfield
+from dfp_jax import metrics
+from dfp_jax import optimize
+from dfp_jax import resample
+from dfp_jax.app import flags as app_flags
+from dfp_jax.app import runtime
+from dfp_jax.config import FusionConfig
+
+FLAGS = flags.FLAGS
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # The repository.
+HCI_DINO = '../shared/data/lightfield/hci_dino_33views'  # Relative to the repository root.
+# name=light-field folder@y:x:h:w: two regions of HCI dino and the bundled Lytro Illum light field (a
+# real capture: its centre view is only an approximate reference).
+DEFAULT_SCENES = (
+    f'dino_a={HCI_DINO}@128:128:256:256',
+    f'dino_b={HCI_DINO}@256:0:256:256',
+    'lytro_2067=../shared/data/lightfield/lytro_illum_2067_center5x5@60:150:256:256',
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Flags and runtime.
+
+
+def define_flags(*, seed: bool = True, compilation_cache: bool = True) -> None:
+  """The configuration flags (`--scale`, `--iters`, ... as `dfp-jax` has them), `--seed` and the
+  persistent compilation cache's flags (`app_flags.define_runtime_flags`). Read them with
+  `app_flags.fusion_config(FLAGS)`."""
+  app_flags.define_config_flags()
+  app_flags.define_runtime_flags(seed=seed, compilation_cache=compilation_cache)
+
+
+def setup() -> None:
+  """Library log levels, the backend check and, where the script defines its flags, the compilation
+  cache (`dfp_jax.app.runtime.setup`)."""
+  cache = 'compilation_cache' in FLAGS and FLAGS.compilation_cache
+  runtime.setup(cache, FLAGS.compilation_cache_dir if cache else None)
+
+
+def define_lightfield_flag(help_extra: str = '') -> None:
+  flags.DEFINE_string('lightfield', HCI_DINO, 'Light-field folder with an all-in-focus centre view (HCI '
+                      'naming or views.json)' + help_extra + '.')
+
+
+def define_region_flags() -> None:
+  """--lightfield, --regions (top-left corners) and --region_size: square regions of one light field."""
+  define_lightfield_flag()
+  flags.DEFINE_list('regions', ['128:128', '0:0', '256:256', '0:256', '256:0'], 'Top-left corners y:x '
+                    "of the square regions scored (the first is benchmark_gt's --gt_crop).")
+  flags.DEFINE_integer('region_size', 256, 'Side of each region (pixels of the views).')
+
+
+def define_scenes_flag() -> None:
+  flags.DEFINE_list('scenes', list(DEFAULT_SCENES), 'Light-field ground-truth cases, comma-separated: '
+                    'name=lightfield_folder@y:x:h:w (a crop of the views).')
+
+
+def parse_corners(items, name: str = 'regions') -> list[tuple[int, int]]:
+  """'y:x' items of a region-list flag (--regions) as (y, x) pairs."""
+  try:
+    out = [tuple(int(v) for v in item.split(':')) for item in items]
+  except ValueError:
+    out = []
+  if not out or any(len(c) != 2 for c in out):
+    raise app.UsageError(f'--{name} needs y:x corners, got {",".join(items)}')
+  return out
+
+
+def parse_scene(spec: str) -> tuple[str, str, tuple[int, int, int, int]]:
+  """'name=folder@y:x:h:w' (a --scenes item) as (name, folder, crop)."""
+  try:
+    name, rest = spec.split('=', 1)
+    folder, crop = rest.rsplit('@', 1)
+    y, x, h, w = (int(v) for v in crop.split(':'))
+  except ValueError:
+    raise app.UsageError(f'a scene is name=lightfield_folder@y:x:h:w, got {spec!r}') from None
+  return name, folder, (y, x, h, w)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Light-field ground-truth cases.
+
+
+class Case(NamedTuple):
+  """DFP's inputs with a true all-in-focus answer."""
+  lr: np.ndarray  # [N, h, w, C] the refocused slices, area-downsampled by the scale (float32).
+  gt: np.ndarray  # [h * scale, w * scale, C] the centre view (all in focus), cropped to match.
+  planes: np.ndarray  # [N] the slices' disparities, ascending.
+
+
+def focal_stack(lf: lightfield.LightField, num_planes: int = 2, planes=None,
+                aperture: float = math.inf) -> lightfield.FocalStack:
+  """`lightfield.make_focal_stack` with N planes chosen automatically, or `planes`; the light-field
+  job's defaults otherwise."""
+  return lightfield.make_focal_stack(lf, lightfield.LightFieldConfig(
+      num_planes=num_planes, planes=None if planes is None else tuple(float(d) for d in planes),
+      aperture=aperture))
+
+
+def at_scale(stack: lightfield.FocalStack, center_view, scale: int) -> Case:
+  """The case at `scale`: the slices area-downsampled by it, the truth cropped to their size x it."""
+  lr = resample.area_downsample(stack.slices, scale)
+  gt = np.asarray(center_view, np.float32)[:lr.shape[1] * scale, :lr.shape[2] * scale]
+  return Case(lr, gt, stack.planes)
+
+
+def gt_case(folder: str, crop=None, scale: int = 1, num_planes: int = 2, planes=None,
+            aperture: float = math.inf) -> Case:
+  """Light field `folder` (views cropped to y,x,h,w `crop`) -> focal stack -> inputs at `scale`."""
+  lf = lightfield.load_light_field(folder, crop=None if crop is None else tuple(crop))
+  return at_scale(focal_stack(lf, num_planes, planes, aperture), lf.center_view, scale)
+
+
+def scene_case(spec: str, scale: int) -> tuple[str, Case]:
+  """A --scenes item as (name, two-slice `Case` at `scale`)."""
+  name, folder, crop = parse_scene(spec)
+  return name, gt_case(folder, crop, scale)
+
+
+def psnr(image, gt) -> float:
+  """PSNR (dB) of `image` against the top-left part of `gt` of its size."""
+  return float(metrics.psnr(jnp.asarray(image), jnp.asarray(gt[:image.shape[0], :image.shape[1]])))
+
+
+def gt_scores(image, gt) -> dict[str, float]:
+  """`metrics.gt_metrics` (PSNR, SSIM, on RGB and luma) as floats."""
+  return {k: float(v) for k, v in metrics.gt_metrics(jnp.asarray(image), jnp.asarray(gt)).items()}
+
+
+def main_stage_start(lr, config: FusionConfig, key):
+  """What `fusion.fuse` does before its main stage (`fusion.prepare_main_stage`), for scripts that run
+  the main stage window by window. Returns (stage, state, problem, raw maps [N, H, W], channels)."""
+  x = fusion.validate_images(lr, config)
+  start = fusion.prepare_main_stage(key, x, config, progress=None)
+  return start.stage, start.state, start.problem, start.raw_maps, x.shape[-1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timings.
+
+
+@contextlib.contextmanager
+def private_compilation_cache(prefix: str = 'dfp_bench_cache_'):
+  """JAX's persistent compilation cache in a temporary folder of this process's own (every program
+  cached, however fast it compiled), removed on exit, so that a "cold" compile is cold whatever earlier
+  runs left in the user's cache. Yields `empty()`, which empties it again, and `hits()`, the number of
+  persistent-cache hits so far (JAX's monitoring event)."""
+  from jax import monitoring  # pylint: disable=g-import-not-at-top
+  folder = tempfile.mkdtemp(prefix=prefix)
+  jax.config.update('jax_compilation_cache_dir', folder)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  count = [0]
+
+  def listener(event, **kwargs):
+    del kwargs
+    if event == '/jax/compilation_cache/cache_hits':
+      count[0] += 1
+
+  monitoring.register_event_listener(listener)
+
+  def empty():
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder, exist_ok=True)
+
+  try:
+    yield empty, lambda: count[0]
+  finally:
+    if hasattr(monitoring, 'unregister_event_listener'):  # Older jax lacks it.
+      monitoring.unregister_event_listener(listener)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def peak_rss_bytes() -> int:
+  """This process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return int(rss) if sys.platform == 'darwin' else int(rss) * 1024
+
+
+# ---------------------------------------------------------------------------------------------------
+# Oracles (`studies/x1_ceiling.py`): fusions of a focal stack by simple per-pixel rules, and bounds
+# that use the truth. Each takes a stack [N, H, W, C] of registered inputs in [0, 1] (float32) and
+# returns one image [H, W, C]. The `oracle_*` functions are bounds for analysis, never methods.
+
+
+def select(stack: np.ndarray, index: np.ndarray) -> np.ndarray:
+  """Per-pixel selection: stack [N, H, W, C], index [H, W] -> [H, W, C]."""
+  return np.take_along_axis(stack, index[None, ..., None], axis=0)[0]
+
+
+def _blur(planes: np.ndarray, sigma: float) -> np.ndarray:
+  return np.stack([cv2.GaussianBlur(np.ascontiguousarray(p, np.float32), (0, 0), sigma) for p in planes])
+
+
+def feathered(stack: np.ndarray, maps: np.ndarray, sigma: float) -> np.ndarray:
+  """The fusion by decision maps [N, H, W] smoothed by a Gaussian of sigma (renormalised to sum 1)."""
+  soft = _blur(maps, sigma)
+  soft /= soft.sum(0, keepdims=True)
+  return np.einsum('nhw,nhwc->hwc', soft, stack)
+
+
+def laplacian_selection(stack: np.ndarray, sigma: float) -> np.ndarray:
+  """Per pixel, the input with the largest |4-neighbour Laplacian| of luma, smoothed by a Gaussian of
+  sigma: the focus cue of DFP's joint-gradient loss (max |Lap| over the inputs) used as a rule."""
+  lap = np.abs(np.asarray(filters.laplacian(filters.luma(jnp.asarray(stack)))))
+  return select(stack, _blur(lap, sigma).argmax(0))
+
+
+def oracle_pixel(stack: np.ndarray, gt: np.ndarray) -> np.ndarray:
+  """Per pixel, the input with the smallest RGB squared error against the truth."""
+  return select(stack, ((stack - gt[None]) ** 2).sum(-1).argmin(0))
+
+
+def oracle_window(stack: np.ndarray, gt: np.ndarray, sigma: float) -> np.ndarray:
+  """Per pixel, the input whose squared error against the truth, smoothed by a Gaussian of sigma, is
+  smallest (selection that decides per region)."""
+  return select(stack, _blur(((stack - gt[None]) ** 2).sum(-1), sigma).argmin(0))
+
+
+def oracle_blend(stack: np.ndarray, gt: np.ndarray) -> np.ndarray:
+  """Per pixel, the convex combination of the N inputs nearest the truth (squared error over C).
+
+  Exact by enumeration of the simplex's faces: on each subset S of inputs the affine least-squares fit
+  (weights summing to 1) is kept where its weights are all >= 0, and the best kept fit wins. The
+  nearest point of the inputs' convex hull is a positive combination of at most C + 1 affinely
+  independent inputs (Caratheodory), whose affine fit is unique, so subsets of up to C + 1 inputs
+  suffice. Singletons are the inputs themselves: never below `oracle_pixel`.
+  """
+  n, h, w, c = stack.shape
+  x = stack.reshape(n, h * w, c).astype(np.float64)
+  g = gt.reshape(h * w, c).astype(np.float64)
+  best = np.full(h * w, np.inf)
+  out = np.zeros((h * w, c))
+  for mask in range(1, 2 ** n):
+    idx = [i for i in range(n) if mask >> i & 1]
+    if len(idx) > c + 1:
+      continue
+    last = x[idx[-1]]
+    if len(idx) == 1:
+      wts, fit = np.ones((h * w, 1)), last
+    else:
+      d = np.stack([x[i] - last for i in idx[:-1]], axis=-1)  # [P, C, k - 1]
+      a = np.einsum('pkc,pc->pk', np.linalg.pinv(d, rcond=1e-10), g - last)
+      wts = np.concatenate([a, 1.0 - a.sum(-1, keepdims=True)], axis=-1)
+      fit = last + np.einsum('pck,pk->pc', d, a)
+    err = np.where(np.all(wts >= -1e-9, axis=-1), ((fit - g) ** 2).sum(-1), np.inf)
+    better = err < best
+    best = np.where(better, err, best)
+    out[better] = fit[better]
+  return out.reshape(h, w, c).astype(np.float32)

@@ -1,0 +1,258 @@
+"""The scripts of experiments/, run as modules from the repository root as a user runs them:
+`benchmarks.benchmark` end to end on a tiny dataset (layout of results.json, results.md, images,
+external (lossy) results, the JPEG round trip, resume), `benchmarks.benchmark_gt` and
+`studies.x1_ceiling` on a synthetic light field, `benchmarks.bench_step`, `benchmarks.plot_curves`,
+`studies.robustness_table`, and the oracles of `experiments.common`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import synthetic  # pylint: disable=g-bad-import-order  (tests/ is on the path)
+from experiments import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = ['--iters=3', '--mask_iters=2', '--chunk_size=2', '--channels=4,8', '--skip_channels=2,2',
+              '--mask_skip_channels=0,2', '--kernel_size=3', '--nocompilation_cache']
+SIZE = 32  # Of synthetic.write_light_field's views.
+TINY = ['--iters=3', '--mask_iters=2', '--chunk_size=2', '--channels=4,8', '--skip_channels=2,2',
+        '--mask_skip_channels=0,2', '--kernel_size=3', '--nocompilation_cache', '--dip_iters=2',
+        '--jax_disable_most_optimizations']
+
+
+def _scene(folder, seed, external=True):
+  rng = np.random.default_rng(seed)
+  grey = cv2.GaussianBlur(rng.random((32, 40)).astype(np.float32), (3, 3), 0.8)
+  # Colour = grey texture x a tint: JPEG's chroma subsampling does not destroy it.
+  sharp = (grey[..., None] * np.array([200, 230, 255]) + 10).astype(np.uint8)
+  blur = cv2.GaussianBlur(sharp, (9, 9), 3)
+  a, b = sharp.copy(), sharp.copy()
+  a[:, 20:] = blur[:, 20:]
+  b[:, :20] = blur[:, :20]
+  folder.mkdir(parents=True)
+  for name, im in (('A.png', a), ('B.png', b), ('GT.png', sharp)):
+    assert cv2.imwrite(str(folder / name), im)
+  if external:
+    (folder / 'fused').mkdir()
+    assert cv2.imwrite(str(folder / 'fused' / 'PUBLISHED.jpg'), sharp, [cv2.IMWRITE_JPEG_QUALITY, 98])
+
+
+def _module(name):
+  """The command of script `experiments.<name>`, run as a module (from ROOT)."""
+  return [sys.executable, '-m', f'experiments.{name}']
+
+
+def _run(args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run(_module('benchmarks.benchmark') + args, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=900)
+
+
+def test_benchmark_runner_layout_metrics_and_resume(tmp_path):
+  data = tmp_path / 'data'
+  _scene(data / 's1', 1)
+  _scene(data / 's2', 2, external=False)
+  out = tmp_path / 'out'
+  args = [f'--dataset={data}', f'--output_dir={out}', '--scales=1,2',
+          '--methods=dfp,average,decision_map,laplacian_pyramid,dip', '--upsamplers=bicubic,lanczos'] + TINY
+  r = _run(args)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'lossy' in r.stderr  # The JPEG external result is flagged.
+  res = json.loads((out / 'results.json').read_text())
+  s1 = res['scenes']['s1']
+  x1 = {'dfp', 'average', 'decision_map', 'laplacian_pyramid', 'PUBLISHED'}
+  x2 = {'dfp', 'dip'} | {f'{m}+{u}' for m in ('average', 'decision_map', 'laplacian_pyramid')
+                         for u in ('bicubic', 'lanczos')}
+  assert {m for m, v in s1.items() if 'x1' in v} == x1
+  assert {m for m, v in s1.items() if 'x2' in v} == x2
+  assert 'PUBLISHED' not in res['scenes']['s2']
+  needed = {'MG', 'EI', 'IE', 'MGA', 'ECO', 'RMG', 'REI', 'RIE', 'RMGA', 'RECO', 'PSNR', 'SSIM', 'Qabf',
+            'NMI', 'Qy', 'Qcb', 'SF', 'AG', 'EN', 'SD'}
+  assert needed <= set(s1['dfp']['x2']) and needed <= set(s1['average']['x1'])
+  # The published result is the ground truth up to a quality-98 JPEG: it scores above the average.
+  assert s1['PUBLISHED']['x1']['PSNR'] > s1['average']['x1']['PSNR'] + 3
+  # Laplacian-pyramid fusion of a left/right pair beats the average on the ground truth.
+  assert s1['laplacian_pyramid']['x1']['PSNR'] > s1['average']['x1']['PSNR']
+  for m in x2:
+    assert (out / 's1' / 'x2' / f'{m.replace("+", "_")}.png').exists()
+  assert cv2.imread(str(out / 's1' / 'x2' / 'dfp.png')).shape == (32, 40, 3)
+  assert (out / 's1' / 'x1' / 'sheet.png').exists()
+  md = (out / 'results.md').read_text()
+  assert 'RMG x2' in md and 'PSNR x1' in md and 'Qabf x1' in md and 'JPEG round trip before scoring: none' in md
+  # Resume: nothing recomputed.
+  r = _run(args)
+  assert r.returncode == 0
+  assert r.stderr.count('already scored, skipped') == 4
+  # JPEG round trip for everything (a new output folder): the average's scores change.
+  out_q = tmp_path / 'out_q'
+  r = _run([f'--dataset={data}', f'--output_dir={out_q}', '--scales=1', '--methods=average',
+            '--jpeg_quality=75'] + TINY)
+  assert r.returncode == 0, r.stderr[-3000:]
+  q = json.loads((out_q / 'results.json').read_text())['scenes']['s1']
+  assert q['average']['x1']['PSNR'] != s1['average']['x1']['PSNR']
+  assert 'quality 75' in (out_q / 'results.md').read_text()
+
+
+def test_benchmark_bad_dataset_is_one_line(tmp_path):
+  r = _run([f'--dataset={tmp_path / "missing"}'])
+  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith('error:')
+  assert 'missing' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_robustness_table_collects_dfp_rows_of_every_run(tmp_path):
+  for run, psnr in (('default', 30.0), ('robust_no_joint_grad', 29.5)):
+    (tmp_path / run).mkdir()
+    (tmp_path / run / 'results.json').write_text(json.dumps({'scenes': {'s': {
+        'dfp': {'x2': {'PSNR': psnr, 'SSIM': 0.9, 'RMG': 0.5}},
+        'average+bicubic': {'x2': {'PSNR': 1.0}}}}}))
+  (tmp_path / 'unfinished').mkdir()  # No results.json: skipped.
+  r = subprocess.run(_module('studies.robustness_table') + [str(tmp_path), f'--json={tmp_path / "t.json"}'],
+                     cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0, r.stderr
+  rows = json.loads((tmp_path / 't.json').read_text())
+  assert [(x['run'], x['PSNR'], x['RMG'], x['REI']) for x in rows] == [
+      ('default', 30.0, 0.5, None), ('robust_no_joint_grad', 29.5, 0.5, None)]
+  assert '| robust_no_joint_grad | s | x2 | 29.50 | 0.9000 | 0.5000 |' in r.stdout
+
+
+def test_plot_curves_replays_stop_thresholds_on_a_recorded_trajectory(tmp_path):
+  # A trajectory whose change per window halves from 8e-4. The rule (2 checks in a row below the
+  # threshold, from step 100): 2.5e-4 -> checks 200 and 250 -> ends at 250; 5e-4 -> 150 and 200 -> 200;
+  # 1e-6 never ends.
+  steps = [50, 100, 150, 200, 250, 300]
+  changes = [None, 8e-4, 4e-4, 2e-4, 1e-4, 5e-5]
+  psnr = [30.0, 31.0, 31.5, 31.8, 31.9, 32.0]
+  curve = [dict({'step': s, 'psnr': p}, **({} if c is None else {'change': c}))
+           for s, p, c in zip(steps, psnr, changes)]
+  run = {'config': {'stop_window': 50, 'stop_min_iters': 100, 'stop_patience': 2},
+         'results': [{'scene': 'a', 'fixed_curve': curve, 'stop_at': None}]}
+  (tmp_path / 'run.json').write_text(json.dumps(run))
+  r = subprocess.run(_module('benchmarks.plot_curves') + [
+      f'--json={tmp_path / "run.json"}', '--labels=x', '--tols=2.5e-4,5e-4,1e-6',
+      f'--tols_json={tmp_path / "t.json"}'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0, r.stderr
+  rows = json.loads((tmp_path / 't.json').read_text())
+  assert [(x['tol'], x['stop_step'], x['psnr_at_stop']) for x in rows] == [
+      (2.5e-4, 250, 31.9), (5e-4, 200, 31.8), (1e-6, None, 32.0)]
+  assert abs(rows[0]['psnr_change'] - (31.9 - 32.0)) < 1e-9
+  assert '| x | a | 0.0005 | 200 | 31.80 | -0.200 |' in r.stdout
+
+
+def test_bench_step_writes_a_list_of_rows_with_issue_6_keys(tmp_path):
+  out = tmp_path / 'step.json'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  r = subprocess.run(_module('benchmarks.bench_step') + [
+      '--sizes=32', '--scales=2', '--stages=mask', '--steps=1', '--repeats=1', '--cpu_convs=eigen',
+      '--strided_convs=direct', f'--json={out}'], cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = json.loads(out.read_text())
+  assert isinstance(rows, list) and len(rows) == 1
+  row = rows[0]
+  assert (row['lr_size'], row['scale'], row['stage'], row['cpu_conv'], row['strided_conv']) == (
+      32, 2, 'mask', 'eigen', 'direct')
+  assert row['step_s'] > 0 and row['gflops'] > 0 and row['compile_s'] > 0 and row['compile_cached_s'] > 0
+  assert row['compile_cache_hit'] is True  # The cached compile really read the program back.
+  assert row['backend'] == 'cpu' and 'jax' in row['versions'] and row['process_peak_rss_bytes'] > 2**20
+  assert '| 32 | x2 | mask |' in r.stdout
+
+
+@pytest.fixture(scope='module')
+def lf_folder(tmp_path_factory):
+  d = tmp_path_factory.mktemp('lf')
+  synthetic.write_light_field(str(d / 'views'))
+  return d
+
+
+def test_benchmark_gt_scores_every_method_and_writes_json(lf_folder, tmp_path):
+  """benchmarks/benchmark_gt.py on the synthetic light field (centre view = the all-in-focus answer)."""
+  out = tmp_path / 'gt.json'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  r = subprocess.run(_module('benchmarks.benchmark_gt') + [
+      f'--lightfield={lf_folder / "views"}', '--gt_crop=', '--scales=1,2', '--num_planes=2',
+      '--disparities=-1,1', '--seed=7', f'--json={out}', f'--bench_dir={tmp_path / "bench"}']
+                     + TINY_FLAGS, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  d = json.loads(out.read_text())
+  assert d['complete'] is True and d['seed'] == 7 and d['crop'] is None
+  methods = {'dfp', 'decision_map+bicubic', 'average+bicubic', 'laplacian_pyramid+bicubic',
+             'decision_map_threshold+bicubic', 'best_slice+bicubic'}
+  by_case = {}
+  for row in d['rows']:
+    by_case.setdefault(row['case'], {})[row['method']] = row
+  assert set(by_case) == {'N2_x1', 'N2_x2'} and all(set(v) == methods for v in by_case.values())
+  for case, s in (('N2_x1', 1), ('N2_x2', 2)):
+    rows = by_case[case]
+    assert rows['dfp']['lr_size'] == [SIZE // s, SIZE // s] and rows['dfp']['iters'] == 3
+    assert rows['dfp']['planes'] == [-1.0, 1.0]
+  # At x1 each slice has one half exactly in focus and the other blurred by the full aperture: the
+  # selection by the decision map must score far above the average (a sign error in the protocol, or
+  # scoring against the wrong view, breaks this).
+  x1 = by_case['N2_x1']
+  assert x1['decision_map+bicubic']['PSNR'] > x1['average+bicubic']['PSNR'] + 3
+  assert x1['decision_map+bicubic']['PSNR'] > x1['best_slice+bicubic']['PSNR'] + 3
+  assert '| N2_x2 | dfp |' in r.stdout and os.path.exists(tmp_path / 'bench' / 'N2_x1_sheet.png')
+
+
+def test_x1_ceiling_bounds_are_ordered_on_the_synthetic_light_field(lf_folder, tmp_path):
+  """studies/x1_ceiling.py: the per-pixel oracle selection is no worse than any other selection (the
+  map, the windowed oracles, the |Laplacian| rule), the per-pixel best convex blend no worse than any
+  selection or feathered blend, and a window of sigma 0.01 (an identity kernel) turns the windowed
+  oracle into the per-pixel one."""
+  out = tmp_path / 'ceiling.json'
+  r = subprocess.run(_module('studies.x1_ceiling') + [
+      f'--lightfield={lf_folder / "views"}', '--regions=0:0', f'--region_size={SIZE}',
+      '--num_planes=2,3', '--window_sigmas=0.01,2', f'--json={out}'], cwd=ROOT,
+                     env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  d = json.loads(out.read_text())
+  assert [row['num_planes'] for row in d['rows']] == [2, 3]
+  for row in d['rows']:
+    p = {k: v['PSNR'] for k, v in row['scores'].items()}
+    selections = ['map', 'laplacian 0.01', 'laplacian 2', 'oracle window 0.01', 'oracle window 2']
+    assert set(p) == set(selections) | {'feather 1', 'feather 2', 'oracle pixel', 'oracle blend'}, p
+    assert all(p['oracle pixel'] >= p[k] - 1e-6 for k in selections), p
+    assert all(p['oracle blend'] >= p[k] - 1e-6 for k in p), p
+    assert abs(p['oracle window 0.01'] - p['oracle pixel']) < 1e-6, p
+  assert '| 3 (1 regions) |' in r.stdout
+
+
+def _dense_simplex_best(stack, gt, steps=200):
+  """Smallest squared error over convex weights of 3 inputs on a 1/steps grid, per pixel."""
+  a, b = np.meshgrid(np.arange(steps + 1) / steps, np.arange(steps + 1) / steps, indexing='ij')
+  keep = a + b <= 1 + 1e-12
+  w = np.stack([a[keep], b[keep], 1 - a[keep] - b[keep]])  # [3, G]
+  fits = np.einsum('ng,nhwc->ghwc', w, stack.astype(np.float64))
+  return ((fits - gt[None]) ** 2).sum(-1).min(0)
+
+
+@pytest.mark.parametrize('channels', [3, 1])
+def test_oracle_blend_matches_a_dense_search_of_the_simplex(channels):
+  """The exact per-pixel convex blend against a 1/200 grid of the weights, for 3 inputs in colour and in
+  grey (where the 3-input face is underdetermined and must come from the 2-input faces)."""
+  rng = np.random.default_rng(3)
+  stack = rng.random((3, 4, 5, channels)).astype(np.float32)
+  gt = rng.random((4, 5, channels)).astype(np.float32)
+  err = ((common.oracle_blend(stack, gt).astype(np.float64) - gt) ** 2).sum(-1)
+  dense = _dense_simplex_best(stack, gt)
+  # The exact optimum is never above the grid's best (a blend outside the simplex would be far below it).
+  assert np.all(err <= dense + 1e-6), (err, dense)
+  np.testing.assert_allclose(err, dense, atol=2e-5)
+
+
+def test_laplacian_selection_picks_the_sharp_input_and_window_oracle_the_true_one():
+  rng = np.random.default_rng(5)
+  sharp = cv2.GaussianBlur(rng.random((24, 24, 3)).astype(np.float32), (3, 3), 0.6)
+  blurred = cv2.GaussianBlur(sharp, (9, 9), 2.5)
+  left = (np.arange(24) < 12)[None, :, None]
+  a, b = np.where(left, sharp, blurred), np.where(left, blurred, sharp)  # Each sharp on one half.
+  stack = np.stack([a, b])
+  inner = np.s_[:, 3:9]  # Away from the border between the halves (a window straddles it).
+  np.testing.assert_array_equal(common.laplacian_selection(stack, 1.0)[inner], sharp[inner])
+  np.testing.assert_array_equal(common.oracle_window(stack, sharp, 1.0)[inner], sharp[inner])
+  np.testing.assert_array_equal(common.oracle_pixel(stack, sharp), sharp)
