@@ -67,11 +67,18 @@ def min_input_size(config: FusionConfig) -> int:
 
 
 def size_shortfall(config: FusionConfig, height: int, width: int) -> str | None:
-  """None if inputs of height x width are large enough for `config`, else what is needed and why."""
+  """None if inputs of height x width are large enough for `config`, else what is needed and why (with
+  the network depth that would fit, when the depth is what binds)."""
   m = min_input_size(config)
-  if min(height, width) >= m:
+  side = min(height, width)
+  if side >= m:
     return None
-  why = '; '.join(r for n, r in input_size_needs(config) if n > min(height, width))
+  why = '; '.join(r for n, r in input_size_needs(config) if n > side)
+  depth = len(config.image_net.channels_down)
+  fits = int(np.floor(np.log2(max(side, 1) * (config.scale if config.mask_iters == 0 else 1))))
+  if 2 ** depth > side * config.scale or (config.mask_iters > 0 and 2 ** depth > side):
+    why += (f'; at this size the networks can have at most {fits} scale(s): give --channels, '
+            '--skip_channels and --mask_skip_channels that many entries' if fits >= 1 else '')
   return f'each side must be at least {m} pixels ({why})'
 
 
@@ -102,6 +109,9 @@ def validate_images(images, config: FusionConfig, names: Sequence[str] | None = 
   short = size_shortfall(config, ref[0], ref[1])
   if short:
     raise InputError(f'{names[0]}: {ref[0]}x{ref[1]} is too small: {short}')
+  if all(np.ptp(im, axis=(0, 1)).max() == 0 for im in images):
+    raise InputError(f'{", ".join(names)}: the inputs carry no focus information: each is one flat colour '
+                     '(no detail in any input), so there is nothing to fuse')
   return jnp.asarray(np.stack(images).astype(np.float32))
 
 

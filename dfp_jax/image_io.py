@@ -1,9 +1,11 @@
-"""Image files: reading (OpenCV) and atomic writing of images and JSON.
+"""Image files: headers (Pillow), pixels (OpenCV), and atomic writing of images and JSON.
 
-* Reading: PNG, JPEG, BMP, TIFF (anything `cv2.imread` decodes), 8- or 16-bit (or float TIFF in
-  [0, 1]), grey or colour; the alpha channel, if any, is dropped with a warning. An EXIF orientation
-  tag (JPEG, TIFF) is applied, so images come out the way viewers show them. BGR -> RGB happens here
-  and nowhere else. Values become float32 in [0, 1]; the bit depth is remembered so that 16-bit (and
+* Headers: `read_header` gives a file's size, channels, EXIF orientation and page count without
+  decoding its pixels, so sizes are checked (and memory estimated) before anything large is decoded.
+  Anything that is not a regular file (a FIFO, a socket, a device) is refused before it is opened.
+* Reading: PNG, JPEG, BMP, TIFF, WebP, PPM/PGM, 8- or 16-bit (or float TIFF in [0, 1]), grey or
+  colour; the alpha channel, if any, is dropped with a warning. The EXIF orientation is applied, so
+  images come out the way viewers show them. BGR -> RGB happens here and nowhere else. Values become float32 in [0, 1]; the bit depth is remembered so that 16-bit (and
   float) inputs give 16-bit outputs.
 * Writing: PNG (or any format OpenCV writes) at 8 or 16 bits, grey stays grey, always written to a
   temporary name in the same folder and renamed, so no file is ever left half-written.
@@ -14,15 +16,21 @@ Every problem raises `InputError` with the file's path in the message.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import io
 import json
 import os
+import stat
 import tempfile
 from typing import Sequence
 
 from absl import logging
 import cv2
 import numpy as np
+from PIL import Image
+from PIL import UnidentifiedImageError
 
 from dfp_jax.errors import InputError
 
@@ -43,71 +51,120 @@ class ImageInfo:
     return dataclasses.asdict(self)
 
 
-def _orientation_entry(data: bytes) -> tuple[int, int, str]:
-  """(orientation 1-8, byte offset of its value in data or -1, byte order '<' / '>') of a JPEG's or
-  TIFF's EXIF / IFD0 Orientation tag; (1, -1, '<') when there is none or it is malformed."""
-  none = (1, -1, '<')
-
-  def ifd0(base: int, tiff: bytes):
-    if tiff[:4] not in (b'II*\x00', b'MM\x00*'):
-      return none
-    end = '<' if tiff[:2] == b'II' else '>'
-    (offset,) = np.frombuffer(tiff[4:8], end + 'u4')
-    if offset + 2 > len(tiff):
-      return none
-    (count,) = np.frombuffer(tiff[offset:offset + 2], end + 'u2')
-    for i in range(int(count)):
-      e = offset + 2 + 12 * i
-      if e + 12 > len(tiff):
-        break
-      tag, typ = np.frombuffer(tiff[e:e + 4], end + 'u2')
-      if tag == 0x0112 and typ == 3:  # Orientation, SHORT.
-        (value,) = np.frombuffer(tiff[e + 8:e + 10], end + 'u2')
-        return (int(value), base + e + 8, end) if 1 <= value <= 8 else none
-    return none
-
-  if data[:2] == b'\xff\xd8':  # JPEG: look for the APP1 'Exif' segment before the image data.
-    i = 2
-    while i + 4 <= len(data) and data[i] == 0xFF:
-      marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], 'big')
-      if marker == 0xE1 and data[i + 4:i + 10] == b'Exif\x00\x00':
-        return ifd0(i + 10, data[i + 10:i + 2 + length])
-      if marker in (0xDA, 0xD9):  # Start of scan / end of image: no EXIF before the pixels.
-        break
-      i += 2 + length
-    return none
-  return ifd0(0, data)  # IFD0 may follow the pixels (libtiff writes it last).
+@dataclasses.dataclass(frozen=True)
+class ImageHeader:
+  """What a file's header says, read without decoding the pixels (Pillow)."""
+  path: str
+  height: int  # Upright: after the EXIF orientation.
+  width: int
+  channels: int  # 1 (grey) or 3 (colour), as `read_image` will give them (alpha dropped).
+  format: str  # Pillow's name of the format: 'PNG', 'JPEG', 'TIFF', 'BMP', ...
+  mode: str  # Pillow's mode ('L', 'LA', 'RGB', 'I;16', ...).
+  orientation: int  # EXIF orientation 1-8 (1: stored upright).
+  pages: int  # Frames of a multi-page file (`read_image` uses the first).
 
 
-def _png_colour_type(data: np.ndarray) -> int | None:
-  """The colour type of a PNG's IHDR (0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA), else None."""
-  if data.size > 25 and data[:8].tobytes() == b'\x89PNG\r\n\x1a\n' and data[12:16].tobytes() == b'IHDR':
-    return int(data[25])
-  return None
+def check_readable(path: str) -> None:
+  """Raises InputError unless `path` is an existing, readable, non-empty regular file. A FIFO, socket or
+  device would block the reader or never end: such a path is refused before anything opens it."""
+  if not os.path.exists(path):
+    raise InputError(f'{path}: file not found')
+  if os.path.isdir(path):
+    raise InputError(f'{path}: is a folder, not an image file')
+  mode = os.stat(path).st_mode
+  if not stat.S_ISREG(mode):
+    kind = ('a FIFO (named pipe)' if stat.S_ISFIFO(mode) else 'a socket' if stat.S_ISSOCK(mode)
+            else 'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 'not a regular file')
+    raise InputError(f'{path}: is {kind}, not an image file; give a regular image file')
+  if not os.access(path, os.R_OK):
+    raise InputError(f'{path}: file is not readable (permission denied)')
+  if os.path.getsize(path) == 0:
+    raise InputError(f'{path}: file is empty')
 
 
-def exif_orientation(data: bytes) -> int:
-  """The EXIF orientation tag (1-8) of a JPEG or TIFF file's bytes; 1 when there is none."""
-  return _orientation_entry(memoryview(data))[0]
+_GREY_MODES = ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
+_ORIENTATION = 0x0112  # The EXIF / TIFF orientation tag.
 
 
-def decode_upright(data: np.ndarray, path: str) -> np.ndarray | None:
-  """cv2.imdecode(IMREAD_UNCHANGED) of a file's bytes, turned upright by its EXIF orientation.
+def read_header(path: str) -> ImageHeader:
+  """The size, channels, orientation and page count of an image file, from its header (no pixels are
+  decoded, so any size is cheap to ask about).
 
-  Whether OpenCV's decoders apply the orientation themselves differs by format and version (OpenCV 5's
-  TIFF decoder does, even with IMREAD_IGNORE_ORIENTATION; its JPEG decoder does not under
-  IMREAD_UNCHANGED). So the tag is set to 1 in a copy of the bytes before decoding, which gives the
-  stored pixels with every decoder, and the orientation is applied here, once."""
-  orientation, at, end = _orientation_entry(memoryview(data))
-  if orientation == 1:
-    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-  stored = data.copy()
-  stored[at:at + 2] = np.frombuffer(np.array([1], end + 'u2').tobytes(), np.uint8)
-  im = cv2.imdecode(stored, cv2.IMREAD_UNCHANGED)
-  if im is None:
-    return None
-  logging.info('%s: applying its EXIF orientation %d', path, orientation)
-  return apply_orientation(im, orientation)
+  Pillow's decompression-bomb check (it refuses images above about 179 megapixels) is switched off for
+  this call on purpose: what is too large is decided by the caller (`memory.check_memory` on the sizes
+  returned here), before anything is decoded. Raises InputError for a file that is not an image.
+  """
+  path = os.fspath(path)
+  check_readable(path)
+  try:
+    with _no_pixel_limit(), Image.open(path) as im:
+      width, height = im.size
+      orientation = _orientation(im)
+      pages = int(getattr(im, 'n_frames', 1) or 1)
+      fmt, mode = im.format or '', im.mode
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    raise InputError(f'{path}: not an image this tool can read (PNG, JPEG, BMP, TIFF, WebP, PPM/PGM): '
+                     f'{str(e) or type(e).__name__}') from None
+  if not 1 <= orientation <= 8:
+    orientation = 1
+  if orientation >= 5:  # Stored transposed.
+    width, height = height, width
+  return ImageHeader(path, height, width, 1 if mode in _GREY_MODES else 3, fmt, mode, orientation, pages)
+
+
+def _orientation(im) -> int:
+  """The EXIF orientation of an opened Pillow image, without decoding its pixels (Pillow's own
+  `getexif` decodes a PNG to look for an eXIf chunk after the pixels; one before them is in `info`)."""
+  if 'exif' in im.info:
+    exif = Image.Exif()
+    exif.load(im.info['exif'])
+  elif im.format in ('JPEG', 'MPO', 'TIFF'):  # Read with the header.
+    exif = im.getexif()
+  else:
+    return 1
+  return int(exif.get(_ORIENTATION, 1) or 1)
+
+
+@contextlib.contextmanager
+def _no_pixel_limit():
+  """Pillow's decompression-bomb limit lifted for a header read (restored after; see `read_header`)."""
+  saved = Image.MAX_IMAGE_PIXELS
+  Image.MAX_IMAGE_PIXELS = None
+  try:
+    yield
+  finally:
+    Image.MAX_IMAGE_PIXELS = saved
+
+
+@functools.lru_cache(maxsize=None)
+def opencv_applies_orientation(fmt: str) -> bool:
+  """Whether this OpenCV's decoder of format `fmt` turns images upright by their EXIF orientation by
+  itself under IMREAD_UNCHANGED (it differs by format and version: OpenCV 5's TIFF decoder does, its
+  JPEG decoder does not). Found by decoding a 2 x 3 image written by Pillow with orientation 6."""
+  fmt = 'JPEG' if fmt == 'MPO' else fmt  # A camera's multi-picture JPEG: OpenCV's JPEG decoder.
+  buffer = io.BytesIO()
+  image = Image.fromarray(np.zeros((2, 3), np.uint8))
+  try:
+    if fmt == 'TIFF':
+      image.save(buffer, fmt, tiffinfo={_ORIENTATION: 6})
+    else:
+      exif = Image.Exif()
+      exif[_ORIENTATION] = 6
+      image.save(buffer, fmt, exif=exif.tobytes())
+  except (OSError, ValueError, KeyError):  # Pillow cannot write it: OpenCV is asked as it is.
+    return False
+  decoded = cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
+  return decoded is not None and decoded.shape[:2] == (3, 2)
+
+
+def _truncated(data: np.ndarray, fmt: str) -> bool:
+  """A PNG without its closing IEND chunk, or a JPEG without an end-of-image marker near its end: the
+  file was cut short (a JPEG's entropy-coded data never holds 0xFF 0xD9: 0xFF is stuffed there)."""
+  if fmt == 'PNG':
+    return b'IEND' not in data[-64:].tobytes()
+  if fmt in ('JPEG', 'MPO'):
+    return b'\xff\xd9' not in data[-65536:].tobytes()
+  return False
 
 
 def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
@@ -118,35 +175,31 @@ def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
   return np.ascontiguousarray(ops[orientation](image))
 
 
-def read_image(path: str) -> tuple[np.ndarray, ImageInfo]:
-  """Reads an image file as float32 [H, W, C] in [0, 1] (C = 1 or 3, RGB order)."""
+def read_image(path: str, header: ImageHeader | None = None) -> tuple[np.ndarray, ImageInfo]:
+  """Reads an image file as float32 [H, W, C] in [0, 1] (C = 1 or 3, RGB order), upright by its EXIF
+  orientation. `header`: its `read_header`, when the caller has it already."""
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise InputError(f'{path}: file not found')
-  if os.path.isdir(path):
-    raise InputError(f'{path}: is a folder, not an image file')
-  if not os.access(path, os.R_OK):
-    raise InputError(f'{path}: file is not readable (permission denied)')
+  header = header or read_header(path)
+  if header.pages > 1:
+    logging.warning('%s: a %s of %d pages; using the first', path, header.format or 'file', header.pages)
   data = np.fromfile(path, dtype=np.uint8)
-  if data.size == 0:
-    raise InputError(f'{path}: file is empty')
-  im = decode_upright(data, path)
-  if im is None:
-    raise InputError(f'{path}: not an image OpenCV can decode (PNG, JPEG, BMP, TIFF, ...)')
-  if data[:4].tobytes() in (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+'):  # TIFF, BigTIFF.
-    try:
-      pages = cv2.imcount(path)
-    except cv2.error:
-      pages = 1
-    if pages > 1:
-      logging.warning('%s: a TIFF of %d pages; using the first', path, pages)
+  im = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+  if im is None or _truncated(data, header.format):
+    if _truncated(data, header.format):
+      raise InputError(f'{path}: the {header.format} file is truncated (it ends before its end marker); '
+                       'copy it again from the camera or the original')
+    raise InputError(f'{path}: a {header.format or "image"} file OpenCV cannot decode (damaged, or an '
+                     'unsupported variant of the format)')
+  if header.orientation != 1 and not opencv_applies_orientation(header.format):
+    logging.info('%s: applying its EXIF orientation %d', path, header.orientation)
+    im = apply_orientation(im, header.orientation)
   if im.ndim == 2:
     im = im[..., None]
   had_alpha = False
   if im.shape[2] == 4:
     logging.warning('%s: dropping the alpha channel', path)
     im, had_alpha = im[..., :3], True
-    if _png_colour_type(data) == 4:  # Grey + alpha, which OpenCV decodes as BGRA: grey it stays.
+    if header.mode in _GREY_MODES:  # Grey + alpha, which OpenCV decodes as BGRA: grey it stays.
       im = im[..., :1]
   elif im.shape[2] == 2:  # Grey + alpha.
     logging.warning('%s: dropping the alpha channel', path)
@@ -174,12 +227,10 @@ def read_image(path: str) -> tuple[np.ndarray, ImageInfo]:
   return out, ImageInfo(path, out.shape[0], out.shape[1], out.shape[2], depth, had_alpha)
 
 
-def load_inputs(paths: Sequence[str]) -> tuple[list[np.ndarray], list[ImageInfo]]:
-  """Reads N >= 2 images of one scene and checks they fit together.
-
-  Mixed grey and colour inputs: the grey ones are converted to colour (R = G = B) with a warning, so
-  the scene fuses in colour. Different sizes are refused (the images must be registered).
-  """
+def read_headers(paths: Sequence[str]) -> list[ImageHeader]:
+  """The headers of N >= 2 images of one scene, checked to fit together before any is decoded: no
+  empty path, no file given twice (also under another name, a link or a hard link), every file an
+  image, all of one (upright) size (the images must be registered)."""
   empty = [i + 1 for i, p in enumerate(paths) if not os.fspath(p).strip()]
   if empty:
     raise InputError(f'input {empty[0]} of {len(paths)} is an empty path (two commas in a row, or a '
@@ -196,14 +247,31 @@ def load_inputs(paths: Sequence[str]) -> tuple[list[np.ndarray], list[ImageInfo]
     if key in seen:
       raise InputError(f'{p}: given twice (also as {seen[key]}); each input must be a different photo')
     seen[key] = p
+  headers = [read_header(p) for p in paths]
+  h, w = headers[0].height, headers[0].width
+  for hd in headers[1:]:
+    if (hd.height, hd.width) != (h, w):
+      raise InputError(f'{hd.path}: size {hd.height}x{hd.width} (HxW) differs from {headers[0].path} '
+                       f'({h}x{w}); inputs must be registered images of one size')
+  return headers
+
+
+def load_inputs(paths: Sequence[str], headers: Sequence[ImageHeader] | None = None
+                ) -> tuple[list[np.ndarray], list[ImageInfo]]:
+  """Reads N >= 2 images of one scene (`read_headers` checks them first, unless the caller did).
+
+  Mixed grey and colour inputs: the grey ones are converted to colour (R = G = B) with a warning, so
+  the scene fuses in colour. Different sizes are refused (the images must be registered).
+  """
+  headers = list(headers) if headers is not None else read_headers(paths)
   images, infos = [], []
-  for p in paths:
-    im, info = read_image(p)
+  for p, header in zip(paths, headers):
+    im, info = read_image(p, header)
     images.append(im)
     infos.append(info)
   h, w = images[0].shape[:2]
   for im, info in zip(images[1:], infos[1:]):
-    if im.shape[:2] != (h, w):
+    if im.shape[:2] != (h, w):  # Only when a decoder disagrees with its file's header.
       raise InputError(f'{info.path}: size {im.shape[0]}x{im.shape[1]} (HxW) differs from '
                        f'{infos[0].path} ({h}x{w}); inputs must be registered images of one size')
   if len({im.shape[2] for im in images}) > 1:

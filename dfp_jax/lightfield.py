@@ -60,6 +60,7 @@ HCI_CENTER = (4, 4)  # input_Cam040.png.
 VIEWS_JSON = 'views.json'  # Optional per-folder description of the views (any naming).
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.pgm')
 DEFAULT_PAD = 16  # Reflect margin (pixels) of the Fourier shift; see `shift_image`.
+MAX_GRID_SPAN = 64  # Views farther apart than this (in grid steps) are a views.json mistake.
 
 _HCI_RE = re.compile(r'^input_Cam(\d{3})\.[A-Za-z]+$')
 _LYTRO_RE = re.compile(r'^(.+?)_(\d+)_(\d+)\.[A-Za-z]+$')
@@ -204,6 +205,13 @@ def _parse_views_json(folder: str):
     if not (isinstance(center, (list, tuple)) and len(center) == 2 and all(map(_is_int, center))):
       raise ViewsJsonError(f'{path}: "center" must be [row, col] integers, got {center!r}')
     center = (int(center[0]), int(center[1]))
+  for axis, name in ((1, 'row'), (2, 'col')):
+    values = [e[axis] for e in entries]
+    if values and max(values) - min(values) > MAX_GRID_SPAN:
+      far = max(values, key=lambda v: abs(v - min(values)))
+      raise ViewsJsonError(f'{path}: the views\' {name}s span {min(values)} to {max(values)}, more than '
+                           f'{MAX_GRID_SPAN} view steps (e.g. {name} {far}); "row" and "col" are grid '
+                           'positions of the camera array (0, 1, 2, ...), not pixels')
   return entries, center
 
 
@@ -274,7 +282,8 @@ def _scan_folder(folder: str):
 
 
 def load_light_field(folder: str, *, crop: tuple[int, int, int, int] | None = None,
-                     downsample: int = 1, center: tuple[int, int] | None = None) -> LightField:
+                     downsample: int = 1, center: tuple[int, int] | None = None,
+                     before_decoding=None) -> LightField:
   """Loads the sub-aperture views in `folder` into a `LightField`.
 
   Naming schemes, tried in this order:
@@ -299,6 +308,9 @@ def load_light_field(folder: str, *, crop: tuple[int, int, int, int] | None = No
     crop: optional (y, x, h, w) window, validated against the view size.
     downsample: integer factor s >= 1.
     center: optional (row, col) overriding the scheme's centre; must be one of the views.
+    before_decoding: optional check called with (number of views, (H', W', C) processed view size,
+      largest |row or col offset| from the centre) once the names and the first view's header are
+      read, before any view is decoded (e.g. a memory check that raises).
 
   Returns:
     A `LightField` with views [V, H', W', C] float32 in [0, 1] sorted by (row, col); C = 1 for grey
@@ -326,6 +338,14 @@ def load_light_field(folder: str, *, crop: tuple[int, int, int, int] | None = No
         f'{len(entries)} views)')
   if not _is_int(downsample) or downsample < 1:
     raise InvalidCropError(f'{folder}: downsample must be an integer >= 1, got {downsample!r}')
+  if before_decoding is not None:
+    try:
+      header = image_io.read_header(os.path.join(folder, entries[0][0]))
+    except errors.InputError as e:
+      raise UnreadableViewError(str(e)) from None
+    h, w = (crop[2], crop[3]) if crop is not None and len(crop) == 4 else (header.height, header.width)
+    reach = max(max(abs(r - center[0]), abs(c - center[1])) for _, r, c in entries)
+    before_decoding(len(entries), (h // downsample, w // downsample, header.channels), reach)
 
   views, first_shape, depths = [], None, []
   for f, _, _ in entries:
@@ -621,15 +641,17 @@ def estimate_memory(num_views: int, height: int, width: int, channels: int, pad:
   return int(5 * num_views * hp * wp * channels * 4 + 300 * 2 ** 20)
 
 
-def check_memory(lf: LightField, max_abs_disparity: float, available: int | None, name: str = 'light field',
-                 headroom: float = 0.9) -> int:
-  """The light-field stage's `estimate_memory` for refocusing `lf` at |disparity| <= max_abs_disparity;
+def check_memory(num_views: int, image_shape, max_offset: float, max_abs_disparity: float,
+                 available: int | None, name: str = 'light field', headroom: float = 0.9) -> int:
+  """The light-field stage's `estimate_memory` for refocusing `num_views` views of `image_shape`
+  (H, W, C), the farthest `max_offset` view steps from the centre, at |disparity| <= max_abs_disparity;
   raises MemoryBudgetError if it exceeds `headroom` x `available` bytes (None: no check)."""
-  h, w, c = lf.image_shape
-  need = estimate_memory(lf.num_views, h, w, c, required_pad(lf, max_abs_disparity))
+  h, w, c = image_shape
+  pad = int(math.ceil(abs(max_offset) * abs(float(max_abs_disparity)))) + 8  # As `required_pad`.
+  need = estimate_memory(num_views, h, w, c, pad)
   if available is not None and need > headroom * available:
     raise errors.MemoryBudgetError(
-        f'{name}: the light-field stage ({lf.num_views} views of {h}x{w}x{c}) needs about '
+        f'{name}: the light-field stage ({num_views} views of {h}x{w}x{c}) needs about '
         f'{errors.format_bytes(need)} but only {errors.format_bytes(available)} is available; process a region '
         '(--crop=y,x,h,w) or downsample the views (--lf_downsample)')
   return need

@@ -74,13 +74,39 @@ def check_replaceable(output_dir: str, protect: Sequence[str] = ()) -> None:
                      f'refusing to replace it, which would delete its {len(entries)} '
                      f'entr{"y" if len(entries) == 1 else "ies"} (e.g. '
                      f'{entries[0]}): choose another --output_dir or move that folder away') from None
-  ours = {os.path.normpath(x).split(os.sep)[0] for x in files} | {'summary.json'}
-  extra = [e for e in entries if e not in ours]
+  extra = _not_listed(output_dir, files)
   if extra:
     more = f' and {len(extra) - 3} more' if len(extra) > 3 else ''
     raise InputError(f'{shown}: a previous dfp_jax result, but it also holds {", ".join(extra[:3])}{more}, '
                      'which this tool did not write; refusing to replace it (move those away or choose '
                      'another --output_dir)')
+
+
+def _not_listed(folder: str, files) -> list[str]:
+  """Every entry below `folder` (recursively; links not followed) that is neither a file listed in
+  `files` (summary.json's list of relative paths) nor a folder on the way to one."""
+  listed = {os.path.normpath(str(x)) for x in files} | {'summary.json'}
+  parents = {p for x in listed for p in _ancestors(os.path.dirname(x))}
+  extra = []
+  for root, dirs, names in os.walk(folder):
+    rel = os.path.relpath(root, folder)
+    keep = []
+    for d in sorted(dirs):
+      path = os.path.normpath(os.path.join(rel, d))
+      if path in parents and not os.path.islink(os.path.join(root, d)):
+        keep.append(d)
+      elif path not in listed:  # A link to a folder may be listed as a file.
+        extra.append(path + os.sep)
+    dirs[:] = keep
+    extra += [p for p in (os.path.normpath(os.path.join(rel, n)) for n in sorted(names)) if p not in listed]
+  return extra
+
+
+def _ancestors(path: str):
+  """`path` and its parent folders ('a/b' -> 'a/b', 'a'); nothing for ''."""
+  while path:
+    yield path
+    path = os.path.dirname(path)
 
 
 def resolve_output_dir(output_dir: str) -> str:
@@ -123,8 +149,9 @@ def check_output_dir(output_dir: str, protect: Sequence[str] = ()) -> None:
 _STAGING_NAME = re.compile(r'\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d{1,10})-[A-Za-z0-9_]+')
 
 
-def _lock_dir(path: str) -> int | None:
-  """An fd of `path` holding an exclusive flock on it (None where the file system has no locks)."""
+def lock_path(path: str) -> int | None:
+  """An fd of `path` (a folder or a file) holding an exclusive flock on it; None when another holds it
+  or the file system has no locks."""
   fd = os.open(path, os.O_RDONLY)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,15 +161,16 @@ def _lock_dir(path: str) -> int | None:
   return fd
 
 
-def _unlock(fd: int | None) -> None:
+def unlock(fd: int | None) -> None:
   if fd is not None:
     os.close(fd)  # Closing the last fd releases the flock.
 
 
-def _left_by_dead_run(path: str, host: str, pid: int) -> bool:
-  """True only when all three say so: the folder was made on this host, its process is gone (in this
-  pid namespace) and nobody holds its lock (which also covers a live run in another pid namespace,
-  e.g. another container on the same host)."""
+def left_by_dead_process(path: str, host: str, pid: int, missing_means_dead: bool = False) -> bool:
+  """True only when all three say so: `path` (a staging folder, a liveness file) was made on this host,
+  its process is gone (in this pid namespace) and nobody holds its lock (which also covers a live run
+  in another pid namespace, e.g. another container on the same host). A `path` that no longer exists
+  counts as unlocked with `missing_means_dead` (its process removed it on exit)."""
   if host != socket.gethostname():
     return False
   try:
@@ -153,17 +181,19 @@ def _left_by_dead_run(path: str, host: str, pid: int) -> bool:
   except (ProcessLookupError, OverflowError):
     pass
   try:
-    fd = _lock_dir(path)
+    fd = lock_path(path)
+  except FileNotFoundError:
+    return missing_means_dead
   except OSError:
     return False
   if fd is None:  # Held by a live run, or the file system cannot tell: keep it.
     return False
-  _unlock(fd)
+  unlock(fd)
   return True
 
 
 def remove_stale_staging(output_dir: str) -> list:
-  """Removes the staging folders of `output_dir` left by killed runs on this host (`_left_by_dead_run`);
+  """Removes the staging folders of `output_dir` left by killed runs on this host (`left_by_dead_process`);
   returns the paths it removed. Folders of live runs, of other hosts, or of the older unnamed kind are
   left alone. If the output folder is missing and a dead run left an `.old-` folder (killed between
   moving the previous result aside and moving the new one in), nothing is removed and a warning says
@@ -179,7 +209,7 @@ def remove_stale_staging(output_dir: str) -> list:
   for name in names:
     m = _STAGING_NAME.fullmatch(name[len(prefix):]) if name.startswith(prefix) else None
     path = os.path.join(parent, name)
-    if m and os.path.isdir(path) and _left_by_dead_run(path, m['host'], int(m['pid'])):
+    if m and os.path.isdir(path) and left_by_dead_process(path, m['host'], int(m['pid'])):
       stale.append(path)
   if not os.path.exists(output_dir) and any('.old-' in os.path.basename(p) for p in stale):
     logging.warning('%s is missing and an interrupted run left %s: the previous result is probably in '
@@ -246,7 +276,7 @@ class StagingDir:
     try:
       os.makedirs(parent, exist_ok=True)
       self.path = tempfile.mkdtemp(prefix=_staging_prefix(self.output_dir, 'tmp'), dir=parent)
-      self._lock = _lock_dir(self.path)  # Held until the run ends: this folder is in use.
+      self._lock = lock_path(self.path)  # Held until the run ends: this folder is in use.
       os.chmod(self.path, 0o777 & ~umask())
     except OSError as e:
       raise InputError(f'{output_dir}: cannot write the output folder ({e.strerror or e})') from None
@@ -262,7 +292,7 @@ class StagingDir:
       self.commit()
       return False
     finally:
-      _unlock(self._lock)
+      unlock(self._lock)
 
   def _keep(self) -> str:
     """Renames the finished staging folder to .<name>.unplaced-..., which no later run removes as a
@@ -282,11 +312,11 @@ class StagingDir:
       old = tempfile.mkdtemp(prefix=_staging_prefix(self.output_dir, 'old'),
                              dir=os.path.dirname(self.output_dir))
       os.rmdir(old)
-      old_lock = _lock_dir(self.output_dir)  # The lock moves with the folder: .old- is in use.
+      old_lock = lock_path(self.output_dir)  # The lock moves with the folder: .old- is in use.
       try:
         os.rename(self.output_dir, old)
       except OSError as e:
-        _unlock(old_lock)
+        unlock(old_lock)
         raise InputError(f'{self.output_dir}: could not move the previous results aside '
                          f'({e.strerror or e}); the new results are in {self._keep()}') from None
       logging.warning('%s existed: replaced by the new results', self.output_dir)
@@ -301,4 +331,4 @@ class StagingDir:
       if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     finally:
-      _unlock(old_lock)
+      unlock(old_lock)

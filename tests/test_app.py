@@ -1,6 +1,7 @@
 """The application package: flags derived from the configuration, their conversion, the generated flag
 reference, and the three entry points giving the same result."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -11,9 +12,12 @@ import pytest
 from absl import flags
 
 from dfp_jax import config as config_lib
+from dfp_jax import errors
+from dfp_jax import fusion
 from dfp_jax import lightfield
 from dfp_jax.app import cli_reference
 from dfp_jax.app import flags as app_flags
+from dfp_jax.app import outputs
 from dfp_jax.app import scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,3 +118,29 @@ def test_three_entry_points_give_bit_identical_results(tmp_path):
       fused[name] = f.read()
   assert len(set(fused.values())) == 1, list(fused)
   assert np.asarray(cv2.imread(str(tmp_path / 'module' / 'fused.png'))).shape == (64, 80, 3)
+
+
+def test_a_full_disk_while_writing_is_one_clear_error(tmp_path, monkeypatch):
+  """OSError (ENOSPC) from any writer becomes an InputError naming the output folder; nothing half-done
+  is left for the caller to move into place (the staging folder is removed by StagingDir)."""
+  n, h, w = 2, 8, 8
+  result = fusion.FusionResult(np.zeros((16, 16, 3), np.float32), np.zeros((h, w, 3), np.float32),
+                               np.stack([np.ones((h, w)), np.zeros((h, w))]).astype(np.float32),
+                               np.stack([np.ones((h, w)), np.zeros((h, w))]).astype(np.float32),
+                               np.zeros((16, 16, 3), np.float32), {'main': {'total': np.ones(3)}},
+                               {'total_s': 1.0})
+  calls = []
+
+  def full(path, *args, **kwargs):
+    calls.append(path)
+    if len(calls) == 3:
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real(path, *args, **kwargs)
+
+  real = outputs.image_io.write_image
+  monkeypatch.setattr(outputs.image_io, 'write_image', full)
+  images = [np.zeros((h, w, 3), np.float32)] * n
+  with pytest.raises(errors.InputError, match=r'results: writing the results failed \(No space left on '
+                     r'device\); nothing was changed there'):
+    outputs.write_result(str(tmp_path), result, images, ['a', 'b'], [{}, {}], config_lib.FusionConfig(),
+                         8, shown_as='results')

@@ -2,11 +2,14 @@
 failed scenes recorded, and the resumable batch job (manifest, checksums, kill -9)."""
 
 import dataclasses
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import chex
 import cv2
@@ -17,7 +20,9 @@ import jax
 from dfp_jax import batch
 from dfp_jax import fusion
 from dfp_jax import memory
+from dfp_jax.app import manifest
 from dfp_jax.config import FusionConfig
+from dfp_jax.errors import InputError
 from dfp_jax.models import NetConfig
 
 import synthetic  # pylint: disable=g-bad-import-order  (tests/ is on pytest's path)
@@ -337,10 +342,11 @@ def test_two_processes_share_the_scene_list(tmp_path):
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   logs = [p.communicate(timeout=600) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], logs[0][1][-2000:] + logs[1][1][-2000:]
-  assert '3 scene(s) for this process' not in logs[0][1]
   m = json.loads((out / 'manifest.json').read_text())['scenes']
   assert sorted(m) == ['scene0', 'scene1', 'scene2']
   assert all(e['status'] == 'done' for e in m.values())
+  done = _done_lines(logs[0][1]) + _done_lines(logs[1][1])
+  assert sorted(done) == ['scene0', 'scene1', 'scene2']  # Each scene made once, by one process.
 
 
 def test_batch_skips_result_folders_and_refuses_a_scene_folder_as_output(tmp_path):
@@ -367,3 +373,127 @@ def test_batch_skips_result_folders_and_refuses_a_scene_folder_as_output(tmp_pat
   err = [l for l in r.stderr.splitlines() if l.startswith('error: ')]
   assert len(err) == 1 and 'is the scene folder' in err[0] and 'Traceback' not in r.stderr
   assert sorted(os.listdir(data / 'scene1')) == ['A.png', 'B.png']
+
+
+def _scene_dirs(root, count, size=24):
+  for i in range(count):
+    d = root / f'scene{i}'
+    d.mkdir(parents=True)
+    for name, im in zip('AB', _pair(size, size, i)):
+      assert cv2.imwrite(str(d / f'{name}.png'), (im * 255).round().astype(np.uint8))
+  return root
+
+
+def _done_lines(log: str) -> list[str]:
+  return [line.split('[batch] ', 1)[1].split(':', 1)[0] for line in log.splitlines()
+          if '[batch] ' in line and line.rstrip().endswith(': done')]
+
+
+def test_three_processes_share_the_queue_and_take_over_a_killed_ones_claim(tmp_path):
+  """Three processes on one dataset of six scenes, the first killed (kill -9) while it works on a scene
+  it claimed: every scene done exactly once among the survivors' work plus the dead one's finished
+  scenes, its claim taken over, every checksum right."""
+  data = _scene_dirs(tmp_path / 'data', 6)
+  out = tmp_path / 'out'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  logs = [open(tmp_path / f'log{i}.txt', 'w+', encoding='utf-8') for i in range(3)]  # pylint: disable=consider-using-with
+  procs = [subprocess.Popen([sys.executable, RUN, f'--input_dir={data}', f'--output_dir={out}',
+                             '--batch_strategy=loop', '--host_devices=1'] + TINY_FLAGS,
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=logs[i]) for i in range(3)]
+  victim = procs[0]
+  claimed, deadline = [], time.time() + 300
+  while not claimed and time.time() < deadline and victim.poll() is None:
+    try:
+      scenes = json.loads((out / 'manifest.json').read_text())['scenes']
+    except (OSError, ValueError, KeyError):
+      scenes = {}
+    claimed = [n for n, e in scenes.items() if e.get('status') == 'running'
+               and (e.get('claim') or {}).get('pid') == victim.pid]
+    time.sleep(0.1)
+  assert claimed, 'the first process never claimed a scene'
+  os.kill(victim.pid, signal.SIGKILL)  # Mid-scene: it was compiling or running its claimed scene.
+  victim.wait()
+  for p in procs[1:]:
+    assert p.wait(timeout=600) == 0
+  texts = []
+  for f in logs:
+    f.seek(0)
+    texts.append(f.read())
+    f.close()
+  m = json.loads((out / 'manifest.json').read_text())['scenes']
+  assert sorted(m) == [f'scene{i}' for i in range(6)]
+  assert all(e['status'] == 'done' for e in m.values()), m
+  for name in claimed:  # Taken over by a survivor.
+    assert m[name]['pid'] in (procs[1].pid, procs[2].pid)
+  by_victim = {n for n, e in m.items() if e['pid'] == victim.pid}
+  survivors = _done_lines(texts[1]) + _done_lines(texts[2])
+  assert len(survivors) == len(set(survivors)), survivors  # No scene computed twice by live processes.
+  assert set(survivors) | by_victim == set(m) and not set(survivors) & by_victim
+  for name, e in m.items():
+    for rel, digest in e['files'].items():
+      assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest, rel
+  assert not [p for p in os.listdir(out) if p.startswith('.') and p != '.dfp_jax_processes']
+
+
+
+def test_damaged_manifest_is_kept_aside_and_folders_in_its_way_are_one_line(tmp_path):
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'manifest.json').write_text('[1, 2]')
+  with manifest.locked(str(out)):
+    assert manifest.read(str(out)) == {'scenes': {}}
+  kept = sorted(p for p in os.listdir(out) if p.startswith('manifest.json.damaged-'))
+  assert len(kept) == 1 and (out / kept[0]).read_text() == '[1, 2]'  # Never silently overwritten.
+  assert not (out / 'manifest.json').exists()
+  (out / 'manifest.json').write_text(json.dumps({'scenes': {'scene0': 'done', 'scene1': {'status': 'done'}}}))
+  assert manifest.read(str(out))['scenes'] == {'scene1': {'status': 'done'}}  # The bad entry dropped...
+  assert len([p for p in os.listdir(out) if p.startswith('manifest.json.damaged-')]) == 2  # ...and kept.
+  for name in ('manifest.json', 'manifest.json.lock'):
+    other = tmp_path / name.replace('.', '_')
+    (other / name).mkdir(parents=True)
+    with pytest.raises(InputError, match=f'{name}: is a folder'):
+      manifest.update(str(other), {})
+
+
+def test_damaged_probe_cache_is_ignored_before_probing(tmp_path, caplog):
+  cache = tmp_path / 'batch_probe.json'
+  for text in ('[1, 2]', '{"k": 3}', 'not json'):
+    cache.write_text(text)
+    with caplog.at_level('WARNING'):
+      assert batch.plan._read_probe_cache(str(cache)) == {}  # pylint: disable=protected-access
+    assert 'batch_probe.json: damaged' in caplog.text, caplog.text
+    caplog.clear()
+  cache.write_text(json.dumps({'k': {'best': 'loop', 'rates': {'loop': 1.0}}}))
+  assert batch.plan._read_probe_cache(str(cache)) == {'k': {'best': 'loop', 'rates': {'loop': 1.0}}}  # pylint: disable=protected-access
+
+
+def test_batch_refuses_before_any_work_what_it_can_and_skips_nested_results(tmp_path):
+  """A scene holding a FIFO is failed, not a hang; a scene folder named like the batch's manifest is
+  failed before anything is optimised; a folder holding only a nested batch result is not a scene;
+  OUT/manifest.json being a folder is one line."""
+  data = _scene_dirs(tmp_path / 'data', 1)
+  clash = data / 'manifest.json'
+  clash.mkdir()
+  for name, im in zip('AB', _pair(24, 24, 7)):
+    assert cv2.imwrite(str(clash / f'{name}.png'), (im * 255).round().astype(np.uint8))
+  piped = data / 'piped'
+  piped.mkdir()
+  assert cv2.imwrite(str(piped / 'A.png'), np.zeros((24, 24, 3), np.uint8))
+  os.mkfifo(piped / 'B.png')
+  (data / 'old' / 'out').mkdir(parents=True)
+  (data / 'old' / 'out' / 'manifest.json').write_text(json.dumps({'scenes': {}}))
+  out = tmp_path / 'out'
+  r = _run([f'--input_dir={data}', f'--output_dir={out}', '--batch_strategy=loop', '--host_devices=1']
+           + TINY_FLAGS)
+  assert r.returncode == 1, r.stderr[-3000:]
+  m = json.loads((out / 'manifest.json').read_text())['scenes']
+  assert sorted(m) == ['manifest.json', 'piped', 'scene0']  # 'old' is not a scene.
+  assert m['scene0']['status'] == 'done'
+  assert m['piped']['status'] == 'failed' and 'is a FIFO' in m['piped']['error']
+  assert m['manifest.json']['status'] == 'failed' and 'rename the scene folder' in m['manifest.json']['error']
+  assert 'manifest.json: claimed' not in r.stderr  # Refused before any work.
+  blocked = tmp_path / 'blocked'
+  (blocked / 'manifest.json').mkdir(parents=True)
+  r = _run([f'--input_dir={data}', f'--output_dir={blocked}'] + TINY_FLAGS)
+  err = [line for line in r.stderr.splitlines() if line.startswith('error: ')]
+  assert r.returncode == 2 and len(err) == 1 and 'manifest.json: is a folder' in err[0], r.stderr[-2000:]

@@ -3,8 +3,10 @@ one-line errors."""
 
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 
 import cv2
 import numpy as np
@@ -60,6 +62,15 @@ def test_tiny_flagfile_writes_every_output_16bit(tmp_path):
   assert sorted(os.listdir(tmp_path)) == sorted(['A16.png', 'B16.png', 'out', 'tiny.flags'])
 
 
+def _png_header_only(width: int, height: int) -> bytes:
+  """A PNG whose header claims width x height RGB pixels and holds none (decoding it would fail, or
+  take gigabytes)."""
+  def chunk(kind, body):
+    return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+  ihdr = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+  return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(b'')) + chunk(b'IEND', b'')
+
+
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
   d = tmp_path_factory.mktemp('inputs')
@@ -70,14 +81,24 @@ def files(tmp_path_factory):
       'other_size': _write(d / 'c.png', rng.integers(0, 256, (48, 40, 3)).astype(np.uint8)),
       'tiny': _write(d / 'tiny.png', rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)),
       'tiny2': _write(d / 'tiny2.png', rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)),
-      'huge': _write(d / 'huge.png', np.zeros((4000, 4000, 3), np.uint8)),
-      'huge2': _write(d / 'huge2.png', np.zeros((4000, 4000, 3), np.uint8)),
+      'flat0': _write(d / 'flat0.png', np.zeros((48, 48, 3), np.uint8)),
+      'flat1': _write(d / 'flat1.png', np.full((48, 48, 3), 255, np.uint8)),
       'comma': _write(d / 'x,y.png', rng.integers(0, 256, (48, 48, 3)).astype(np.uint8)),
   }
   text = d / 'notes.png'
   text.write_text('hello')
   f['text'] = str(text)
   f['dir'] = str(d)
+  for name, side in (('huge', 30000), ('huge2', 30000), ('giant', 60000), ('giant2', 60000)):  # No pixels.
+    f[name] = str(d / f'{name}.png')
+    (d / f'{name}.png').write_bytes(_png_header_only(side, side))
+  os.mkfifo(d / 'pipe.png')
+  f['pipe'] = str(d / 'pipe.png')
+  (d / 'binary.flags').write_bytes(bytes(range(256)) * 4)
+  f['binary_flags'] = str(d / 'binary.flags')
+  whole = cv2.imencode('.jpg', rng.integers(0, 256, (48, 48, 3)).astype(np.uint8))[1].tobytes()
+  (d / 'cut.jpg').write_bytes(whole[:-200])
+  f['cut'] = str(d / 'cut.jpg')
   return f
 
 
@@ -97,7 +118,13 @@ def files(tmp_path_factory):
     ('argmax_sigma', 'DoubleReblur argmax sigma must be a finite number >= 0, got -1.0'),
     ('outdir_slash', 'exists and is not a folder'),
     ('empty_entry', 'input 2 of 3 is an empty path'),
-    ('memory', 'huge.png: 4000x4000 at x4 needs about'),
+    ('memory', 'huge.png: 30000x30000 at x1 needs about'),
+    ('giant', 'giant.png: 60000x60000 at x2 needs about'),
+    ('flat', 'the inputs carry no focus information'),
+    ('fifo', 'pipe.png: is a FIFO (named pipe), not an image file'),
+    ('binary_flagfile', 'binary.flags: not a text file of --flag=value lines'),
+    ('truncated', 'cut.jpg: the JPEG file is truncated'),
+    ('deep', 'at this size the networks can have at most 5 scale(s)'),
     ('positional', 'unexpected positional arguments'),
     ('enum', 'flag --doublereblur_rule=otsu: value should be one of <threshold|compare>'),
     ('unknown', 'Unknown command line flag \'scael\''),
@@ -132,8 +159,14 @@ def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
       'dr_kernel': [f'--inputs={a},{b}', '--doublereblur=5,99,3,0.01,1'],
       'argmax_sigma': [f'--inputs={a},{b}', '--doublereblur_argmax_sigma=-1'],
       'twice': [f'--inputs={a},{b},{files["dir"]}/../{os.path.basename(files["dir"])}/a.png'],
-      'memory': [f'--inputs={files["huge"]},{files["huge2"]}', '--scale=4',
-                 '--channels=8,16,32,64,128', '--skip_channels=4,4,4,4,4', '--mask_skip_channels=0,0,0,4,4'],
+      'memory': [f'--inputs={files["huge"]},{files["huge2"]}', '--scale=1'],  # Refused from the headers.
+      'giant': [f'--inputs={files["giant"]},{files["giant2"]}'],  # Above Pillow's bomb limit: on purpose.
+      'flat': [f'--inputs={files["flat0"]},{files["flat1"]}'],
+      'fifo': [f'--inputs={a},{files["pipe"]}'],
+      'binary_flagfile': [f'--flagfile={files["binary_flags"]}'],
+      'truncated': [f'--inputs={a},{files["cut"]}'],
+      'deep': [f'--inputs={a},{b}'] + [f'--{k}=' + ','.join([v] * 30) for k, v in (
+          ('channels', '4'), ('skip_channels', '2'), ('mask_skip_channels', '0'))],
       'positional': [f'--inputs={a},{b}', 'extra'],
       'enum': [f'--inputs={a},{b}', '--doublereblur_rule=otsu'],
       'unknown': [f'--inputs={a},{b}', '--scael=2'],
@@ -149,7 +182,7 @@ def test_bad_input_gives_one_clear_line(files, tmp_path, case, match):
   }[case]
   if not any(x.startswith('--output_dir') for x in args):
     args.append(f'--output_dir={out}')
-  if case not in ('small', 'memory', 'channels', 'skip_negative'):
+  if case not in ('small', 'memory', 'giant', 'channels', 'skip_negative', 'deep'):
     args += TINY_FLAGS
   r = _run(args)
   assert r.returncode == 2, (r.returncode, r.stderr[-2000:])

@@ -155,6 +155,9 @@ def test_ema_output_is_not_the_last_iterate():
     ([np.zeros((4, 4, 3), np.float32)] * 2, 'too small'),
     ([np.full((16, 16, 3), 2.0, np.float32)] * 2, r'\[0, 1\]'),
     ([np.full((16, 16, 3), np.nan, np.float32)] * 2, 'NaN'),
+    ([np.zeros((40, 40, 3), np.float32), np.ones((40, 40, 3), np.float32)], 'no focus information'),
+    ([np.full((40, 40, 3), 128 / 255, np.float32), np.full((40, 40, 3), 130 / 255, np.float32)],
+     'no focus information'),  # Both flat: the networks' gradients were NaN (a wrong "lower the lr").
 ])
 def test_validate_images_errors(images, match):
   with pytest.raises(InputError, match=match):

@@ -108,7 +108,7 @@ def test_exif_orientation_is_applied_as_opencv_does(tmp_path, orientation):
   im[:4, :8] = (0, 0, 255)  # A red corner, so every flip and turn is visible.
   path = tmp_path / 'o.jpg'
   path.write_bytes(_jpeg_with_orientation(im, orientation, big_endian=orientation % 2 == 0))
-  assert image_io.exif_orientation(path.read_bytes()) == orientation
+  assert image_io.read_header(str(path)).orientation == orientation
   got, info = image_io.read_image(str(path))
   ref = cv2.imread(str(path), cv2.IMREAD_COLOR)  # OpenCV applies the EXIF orientation here.
   assert got.shape == ref.shape and (info.height, info.width) == ref.shape[:2]
@@ -151,7 +151,7 @@ def test_tiff_exif_orientation_is_applied_once(tmp_path, orientation, dtype):
   stored[:3, :5] = top  # A bright corner, so every flip and turn is visible.
   path = tmp_path / 'o.tif'
   path.write_bytes(_tiff_with_orientation(stored, orientation, big_endian=orientation % 2 == 0))
-  assert image_io.exif_orientation(path.read_bytes()) == orientation
+  assert image_io.read_header(str(path)).orientation == orientation
   got, info = image_io.read_image(str(path))
   upright = image_io.apply_orientation(stored, orientation)
   assert got.shape == upright.shape + (1,) and (info.height, info.width) == upright.shape
@@ -167,17 +167,67 @@ def test_tiff_orientation_found_after_more_than_a_mebibyte_of_pixels(tmp_path):
   path = tmp_path / 'big.tif'
   path.write_bytes(_tiff_with_orientation(stored, 6, ifd_last=True))
   assert path.stat().st_size > 2 ** 20
-  assert image_io.exif_orientation(path.read_bytes()) == 6
+  assert image_io.read_header(str(path)).orientation == 6
   got, _ = image_io.read_image(str(path))
   np.testing.assert_array_equal(np.round(got[..., 0] * 255).astype(np.uint8),
                                 image_io.apply_orientation(stored, 6))
 
 
-def test_exif_orientation_absent_or_malformed_is_1():
-  assert image_io.exif_orientation(b'\xff\xd8\xff\xda') == 1  # JPEG without EXIF.
-  assert image_io.exif_orientation(b'\x89PNG\r\n') == 1
-  assert image_io.exif_orientation(b'II*\x00\xff\xff\xff\x00') == 1  # IFD offset past the end.
-  assert image_io.exif_orientation(b'') == 1
+def test_orientation_absent_or_out_of_range_is_1(tmp_path):
+  plain = tmp_path / 'plain.jpg'
+  assert cv2.imwrite(str(plain), _rgb(16, 16))
+  assert image_io.read_header(str(plain)).orientation == 1
+  odd = tmp_path / 'odd.tif'
+  odd.write_bytes(_tiff_with_orientation(np.zeros((6, 8), np.uint8), 9))  # Not an orientation.
+  header = image_io.read_header(str(odd))
+  assert (header.orientation, header.height, header.width) == (1, 6, 8)
+  got, _ = image_io.read_image(str(odd))
+  assert got.shape == (6, 8, 1)
+
+
+def test_header_gives_size_channels_and_pages_without_decoding(tmp_path):
+  """Pillow reads the header of a file whose pixels would need gigabytes: a PNG that claims 60000 x
+  60000 (no pixel data at all) is measured in milliseconds, above Pillow's decompression-bomb limit."""
+  huge = tmp_path / 'huge.png'
+  huge.write_bytes(_png(60000, 60000, 2, b''))
+  header = image_io.read_header(str(huge))
+  assert (header.height, header.width, header.channels, header.format) == (60000, 60000, 3, 'PNG')
+  grey = tmp_path / 'grey.png'
+  assert cv2.imwrite(str(grey), np.zeros((5, 7), np.uint16))
+  h = image_io.read_header(str(grey))
+  assert (h.height, h.width, h.channels, h.pages) == (5, 7, 1, 1)
+
+
+def test_fifo_and_other_special_files_are_refused_before_reading(tmp_path):
+  fifo = tmp_path / 'f.png'
+  os.mkfifo(fifo)  # Opening it for reading would block forever.
+  with pytest.raises(InputError, match='f.png: is a FIFO'):
+    image_io.read_header(str(fifo))
+  with pytest.raises(InputError, match='is a FIFO'):
+    image_io.load_inputs([str(fifo), str(tmp_path / 'other.png')])
+
+
+def test_truncated_jpeg_and_png_say_so(tmp_path):
+  for ext in ('.jpg', '.png'):
+    whole = tmp_path / f'whole{ext}'
+    assert cv2.imwrite(str(whole), (_rgb(64, 64) * 255).astype(np.uint8))
+    cut = tmp_path / f'cut{ext}'
+    cut.write_bytes(whole.read_bytes()[:-300])
+    with pytest.raises(InputError, match=r'cut\.(jpg|png): the (JPEG|PNG) file is truncated'):
+      image_io.read_image(str(cut))
+  bad = tmp_path / 'bad.png'
+  bad.write_bytes(b'\x89PNG\r\n\x1a\n' + b'garbage' * 10)
+  with pytest.raises(InputError, match='bad.png: not an image this tool can read'):
+    image_io.read_image(str(bad))
+
+
+def test_sizes_are_compared_from_the_headers_before_decoding(tmp_path, monkeypatch):
+  a, b = tmp_path / 'a.png', tmp_path / 'b.png'
+  assert cv2.imwrite(str(a), np.zeros((8, 8, 3), np.uint8))
+  b.write_bytes(_png(60000, 60000, 2, b''))
+  monkeypatch.setattr(image_io.cv2, 'imdecode', lambda *a, **k: pytest.fail('decoded'))
+  with pytest.raises(InputError, match='b.png: size 60000x60000 .* differs from'):
+    image_io.read_headers([str(a), str(b)])
 
 
 def test_same_file_twice_is_refused_identical_pixels_warned(tmp_path, caplog):

@@ -8,6 +8,7 @@ from the depth edge and the image border, which is where the checks look.
 """
 
 import json
+from unittest import mock
 import os
 import shutil
 import tempfile
@@ -216,6 +217,47 @@ class LoaderTest(parameterized.TestCase):
     self.assertIsInstance(ctx.exception, ValueError)
     self.assertIsInstance(ctx.exception, errors.InputError)
     self.assertIn(culprit, str(ctx.exception))
+
+  def test_grey_view_among_colour_ones_is_converted_and_bit_depth_is_the_deepest(self):
+    """The rule of --inputs (grey becomes colour, with a warning); a 16-bit view anywhere gives 16."""
+    folder = self._folder()
+    for i in (39, 41):
+      _write(os.path.join(folder, f'input_Cam{i:03d}.png'), self._view(i))
+    grey = np.round(self._view(40)[..., 0] * 255).astype(np.uint8)
+    cv2.imwrite(os.path.join(folder, 'input_Cam040.png'), grey)
+    cv2.imwrite(os.path.join(folder, 'input_Cam031.png'),
+                (self._view(31)[..., ::-1] * 65535).round().astype(np.uint16))
+    lf = lightfield.load_light_field(folder)
+    self.assertEqual(lf.views.shape, (4, 8, 10, 3))
+    np.testing.assert_allclose(np.asarray(lf.center_view), np.repeat(grey[..., None] / 255, 3, 2),
+                               atol=1e-6)
+    self.assertEqual(lf.bit_depth, 16)
+
+  def test_views_json_with_absurd_grid_positions_names_the_file(self):
+    folder = self._folder()
+    for k in range(2):
+      _write(os.path.join(folder, f'v{k}.png'), self._view(k))
+    with open(os.path.join(folder, 'views.json'), 'w') as f:
+      json.dump({'views': [{'file': 'v0.png', 'row': 0, 'col': 0},
+                           {'file': 'v1.png', 'row': 0, 'col': 100000}]}, f)
+    with self.assertRaisesRegex(lightfield.ViewsJsonError, r'views.json: the views\' cols span 0 to '
+                                r'100000.*grid positions'):
+      lightfield.load_light_field(folder)
+
+  def test_memory_is_checked_before_any_view_is_decoded(self):
+    folder = self._folder()
+    for i in (39, 40, 41):
+      _write(os.path.join(folder, f'input_Cam{i:03d}.png'), self._view(i, 13, 17))
+    seen = []
+
+    def refuse(num_views, shape, reach):
+      seen.append((num_views, shape, reach))
+      raise errors.MemoryBudgetError('too big')
+
+    with mock.patch.object(lightfield.image_io, 'read_image', side_effect=AssertionError('decoded')):
+      with self.assertRaisesRegex(errors.MemoryBudgetError, 'too big'):
+        lightfield.load_light_field(folder, crop=(1, 2, 11, 13), downsample=2, before_decoding=refuse)
+    self.assertEqual(seen, [(3, (5, 6, 3), 1)])
 
   def test_crop_then_downsample_matches_inter_area(self):
     folder = self._folder()

@@ -23,6 +23,7 @@ def _previous_result(folder, names):
   """A folder as a previous run of this tool leaves it: the files and a summary.json listing them."""
   folder.mkdir()
   for n in names:
+    (folder / n).parent.mkdir(parents=True, exist_ok=True)
     (folder / n).write_text('old')
   image_io.write_json(str(folder / 'summary.json'),
                       {'dfp_jax_version': '0', 'output': {'files': list(names) + ['summary.json']}})
@@ -247,3 +248,28 @@ def test_check_output_dir(tmp_path, monkeypatch):
   monkeypatch.setattr(output_folder.os, 'access', lambda path, mode: False)
   with pytest.raises(InputError, match=r'cannot write the output folder \(.* is not writable\)'):
     output_folder.check_output_dir(str(tmp_path / 'new'))
+
+
+@pytest.mark.parametrize('extra', ['focal_stack/my_notes.txt', 'focal_stack/mine/keep.txt', 'mine/',
+                                   'focal_stack/link'])
+def test_a_result_holding_user_files_in_its_subfolders_is_never_replaced(tmp_path, extra):
+  """Every entry below a previous result, at any depth, must be one this tool listed (a light-field
+  result's focal_stack/ used to be checked by its first path component only)."""
+  out = tmp_path / 'O'
+  _previous_result(out, ['fused.png', 'focal_stack/plane_00.png', 'focal_stack/plane_01.png'])
+  if extra.endswith('/'):
+    (out / extra).mkdir()
+  elif extra.endswith('link'):
+    os.symlink(tmp_path, out / extra)
+  else:
+    (out / extra).parent.mkdir(exist_ok=True)
+    (out / extra).write_text('mine')
+  with pytest.raises(InputError, match=r'also holds .*which this tool did not write'):
+    output_folder.check_output_dir(str(out))
+  with pytest.raises(InputError, match='which this tool did not write'):
+    output_folder.StagingDir(str(out))
+  assert os.path.lexists(out / extra.rstrip('/'))
+  # Listed files alone, at any depth: replaceable.
+  clean = tmp_path / 'clean'
+  _previous_result(clean, ['fused.png', 'focal_stack/plane_00.png'])
+  output_folder.check_output_dir(str(clean))

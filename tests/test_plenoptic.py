@@ -85,6 +85,15 @@ def test_two_automatic_planes_write_every_output(lf_folder, tmp_path):
   assert {'focal_stack/plane_00.png', 'planes.json', 'coverage.png', 'index_map.png',
           'comparison_center.png', 'contact_sheet.png', 'fused.png', 'summary.json'} <= set(s['output']['files'])
   assert s['config']['scale'] == 2 and s['config']['iters'] == 3
+  # The user's files inside a subfolder of the result: the folder is refused, nothing deleted.
+  (out / 'focal_stack' / 'my_notes.txt').write_text('mine')
+  (out / 'focal_stack' / 'mine').mkdir()
+  (out / 'focal_stack' / 'mine' / 'keep.txt').write_text('mine too')
+  r = _run([f'--lightfield={lf_folder / "views"}', f'--output_dir={out}', '--scale=2'] + TINY_FLAGS)
+  err = [line for line in r.stderr.splitlines() if line.startswith('error: ')]
+  assert r.returncode == 2 and len(err) == 1 and 'which this tool did not write' in err[0], r.stderr[-2000:]
+  assert (out / 'focal_stack' / 'my_notes.txt').read_text() == 'mine'
+  assert (out / 'focal_stack' / 'mine' / 'keep.txt').read_text() == 'mine too'
 
 
 def test_three_user_planes_crop_downsample_and_scores(lf_folder, tmp_path):

@@ -111,17 +111,25 @@ def run_lightfield(args: LightFieldArgs) -> int:
   output_folder.check_output_dir(args.output_dir, protect=[folder])  # Before any work, not after it.
   t0 = time.perf_counter()
 
-  # 1. Views (cropped, downsampled) and the original-resolution centre view (the reference).
-  lf = lightfield.load_light_field(folder, crop=cfg.crop, downsample=ds)
+  # 1. Views (cropped, downsampled) and the original-resolution centre view (the reference). Sizes and
+  # memory are checked from the first view's header, before any view is decoded.
+  n_fused = len(cfg.planes) if cfg.planes is not None else cfg.num_planes
+
+  def before_decoding(num_views, shape, reach):
+    h, w, c = shape
+    short = fusion.size_shortfall(config, h, w)
+    if short:
+      raise errors.InputError(f'{folder}: the processed views are {h}x{w} (after --crop / --lf_downsample); '
+                              f'{short}')
+    if args.check_memory:  # The sweep runs over the user's planes too.
+      lightfield.check_memory(num_views, shape, reach, lightfield.largest_disparity(cfg),
+                              memory.available_memory(), name=folder)
+      memory.check_memory(h, w, n_fused, c, config, name=f'{folder} (views processed to {h}x{w})')
+
+  lf = lightfield.load_light_field(folder, crop=cfg.crop, downsample=ds, before_decoding=before_decoding)
   h, w, c = lf.image_shape
-  short = fusion.size_shortfall(config, h, w)
-  if short:
-    raise errors.InputError(f'{folder}: the processed views are {h}x{w} (after --crop / --lf_downsample); '
-                            f'{short}')
   centre, centre_name, view_size = _centre_reference(args, lf)
   lightfield.check_disparities(lf, cfg)
-  if args.check_memory:  # The sweep runs over the user's planes too.
-    lightfield.check_memory(lf, lightfield.largest_disparity(cfg), memory.available_memory(), name=folder)
   n_aperture, _ = lightfield.aperture_reach(lf, cfg.aperture)
   logging.info('light field %s: %d views, centre %s (%s), processed view size %dx%dx%d '
                '(crop %s, downsample %d); aperture %s -> %d views', folder, lf.num_views, lf.center,
@@ -143,8 +151,6 @@ def run_lightfield(args: LightFieldArgs) -> int:
   names = lightfield.slice_names(folder, stack.planes)
   fusion.validate_images(list(stack.slices), config, names)
   mem = memory.estimate_memory(h, w, n, c, config)
-  if args.check_memory:
-    mem = memory.check_memory(h, w, n, c, config, name=f'{folder} (views processed to {h}x{w})')
   bit_depth = args.bit_depth([lf.bit_depth])
   slice_share = np.bincount(stack.slice_index.ravel(), minlength=n) / float(h * w)
   sweep = stack.sweep

@@ -38,11 +38,17 @@ def fail(message: str, code: int = 2):
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with a malformed or unknown flag reported like every other user error."""
+  """absl's flag parsing, with a malformed or unknown flag (or flagfile) reported like every other user
+  error."""
   try:
     return FLAGS(argv)
   except flags.Error as e:
     fail(f'{e} (see --helpshort)')
+  except (UnicodeDecodeError, OSError) as e:  # A --flagfile that is binary, a folder, unreadable.
+    files = [a.split('=', 1)[1] for a in argv if a.startswith('--flagfile=')]
+    what = 'not a text file of --flag=value lines' if isinstance(e, UnicodeDecodeError) else (
+        e.strerror or str(e))
+    fail(f'{", ".join(files) or "--flagfile"}: {what}')
 
 
 class Terminated(BaseException):

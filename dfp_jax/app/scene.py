@@ -62,17 +62,23 @@ def run_scene(args: SceneArgs) -> int:
   if not args.inputs:
     raise errors.InputError('no inputs: pass --inputs=a.png,b.png (2 or more images) or a --flagfile')
   check_commas(args.inputs)
-  images, infos = image_io.load_inputs(args.inputs)
-  paths = [i.path for i in infos]
-  h, w, c = images[0].shape
-  fusion.validate_images(images, config, paths)
-  mem = memory.estimate_memory(h, w, len(images), c, config)
+  # Sizes, the size rules and the memory are checked from the files' headers, before any decoding.
+  headers = image_io.read_headers(args.inputs)
+  h, w, n = headers[0].height, headers[0].width, len(headers)
+  c = max(hd.channels for hd in headers)
+  short = fusion.size_shortfall(config, h, w)
+  if short:
+    raise errors.InputError(f'{headers[0].path}: {h}x{w} is too small: {short}')
+  mem = memory.estimate_memory(h, w, n, c, config)
   if args.check_memory:
-    mem = memory.check_memory(h, w, len(images), c, config, name=paths[0])
+    mem = memory.check_memory(h, w, n, c, config, name=headers[0].path)
+  paths = [hd.path for hd in headers]
+  images, infos = image_io.load_inputs(args.inputs, headers)
+  fusion.validate_images(images, config, paths)
   output_folder.check_output_dir(args.output_dir, protect=paths)  # Before any log line or work.
   bit_depth = args.bit_depth([i.bit_depth for i in infos])
   logging.info('DFP: %d inputs of %dx%dx%d, x%d -> %dx%d; backend %s; estimated peak memory %.0f MiB',
-               len(images), h, w, c, config.scale, config.scale * h, config.scale * w,
+               len(images), h, w, images[0].shape[2], config.scale, config.scale * h, config.scale * w,
                jax.default_backend(), mem['peak'] / 2 ** 20)
   with output_folder.StagingDir(args.output_dir, protect=paths) as tmp:
     result = fusion.fuse(images, config=config, key=jax.random.key(args.seed), names=paths)

@@ -30,6 +30,7 @@ from dfp_jax.config import FusionConfig
 from dfp_jax.errors import InputError
 
 STRATEGIES = ('auto', 'vmap', 'shard', 'loop')
+_PROBED = ('loop', 'shard', 'vmap', 'vmap_per_device')  # What a probe can pick.
 
 
 def vmap_group(num_scenes: int, cap: int, num_devices: int) -> int:
@@ -76,6 +77,27 @@ def probe_key(shape, config: FusionConfig, devices) -> str:
                     default=list)
 
 
+def _read_probe_cache(path: str) -> dict:
+  """The probe's remembered results {key: {'best': strategy, 'rates': {...}}}; a damaged file (not JSON,
+  not such an object, or entries of another shape) is ignored with a warning and rewritten by the next
+  probe, before any probing, not after it."""
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path, encoding='utf-8') as f:
+      cache = json.load(f)
+    if not isinstance(cache, dict):
+      raise ValueError(f'a {type(cache).__name__}, not an object')
+  except (OSError, ValueError) as e:
+    logging.warning('%s: damaged batch probe cache (%s); ignored, and rewritten after this probe', path, e)
+    return {}
+  good = {k: v for k, v in cache.items() if isinstance(v, dict) and v.get('best') in _PROBED
+          and isinstance(v.get('rates'), dict)}
+  if len(good) < len(cache):
+    logging.warning('%s: damaged entries of the batch probe cache (%d) ignored', path, len(cache) - len(good))
+  return good
+
+
 def probe_strategy(x, keys, config: FusionConfig, devices=None, group: int = 1, steps: int = 3,
                    cache_path: str | None = '', allow_shard: bool = True) -> tuple[str, dict]:
   """Measures the main step of each strategy on these scenes; returns (fastest, {strategy: scene
@@ -88,13 +110,7 @@ def probe_strategy(x, keys, config: FusionConfig, devices=None, group: int = 1, 
   key = probe_key((n, h, w, c, group, allow_shard), config, devs)
   if cache_path == '':
     cache_path = _probe_cache_path()
-  cache = {}
-  if cache_path and os.path.exists(cache_path):
-    try:
-      with open(cache_path) as f:
-        cache = json.load(f)
-    except (OSError, ValueError):
-      cache = {}
+  cache = _read_probe_cache(cache_path) if cache_path else {}
   if key in cache:
     return cache[key]['best'], cache[key]['rates']
   nd = len(devs)
