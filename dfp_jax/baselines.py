@@ -31,10 +31,10 @@ def average_fusion(images: jnp.ndarray) -> jnp.ndarray:
 
 
 def decision_map_fusion(images: jnp.ndarray, maps: jnp.ndarray | None = None,
-                        params: focus.DoubleReblurParams = focus.DoubleReblurParams()) -> jnp.ndarray:
-  """sum_i M_i X_i with the DoubleReblur maps (computed if not given) -> [H, W, C]."""
+                        focus_config: focus.FocusConfig = focus.FocusConfig()) -> jnp.ndarray:
+  """sum_i M_i X_i with the decision maps (computed with `focus_config` if not given) -> [H, W, C]."""
   if maps is None:
-    maps = focus.decision_maps(images, params)
+    maps = focus.decision_maps(images, focus_config)
   return jnp.sum(maps[..., None] * images, axis=0)
 
 
@@ -109,12 +109,12 @@ def laplacian_pyramid_fusion(images: jnp.ndarray, levels: int = 4) -> jnp.ndarra
 def dip_stage(config, channels: int) -> optimize.Stage:
   """Deep image prior SR (Ulyanov et al. 2018): the image SKIPnet of `config`, no fusion losses; the
   loss is the mean squared error between the Lanczos-2 downsampling of the output and the image."""
-  net = config.image_net.build(channels, 'sigmoid', config.jnp_dtype)
+  net = config.image_prior.build(channels, 'sigmoid', config.jnp_dtype)
   s = config.scale
 
   def loss_fn(params, problem):
     out_hr = net.apply(params, problem['z'])
-    mse = jnp.mean(jnp.square(resample.lanczos2_downsample(out_hr, s) - problem['image']))
+    mse = jnp.mean(jnp.square(resample.downsample(out_hr, s, config.degradation) - problem['image']))
     return mse, ({'total': mse}, out_hr)
 
   return optimize.Stage('dip', loss_fn, optax.adam(config.lr), config.ema_decay, net,

@@ -23,9 +23,10 @@ import json
 import math
 from typing import Any, Callable
 
-from dfp_jax.focus import DoubleReblurParams
+from dfp_jax.focus import DoubleReblurParams, FocusConfig
 from dfp_jax.losses import LossWeights
-from dfp_jax.models import IMAGE_NET, MASK_NET, NetConfig, STRIDED_CONVS
+from dfp_jax.models import DeepDecoderConfig, IMAGE_NET, MASK_NET, NetConfig, PRIORS
+from dfp_jax.resample import DEGRADATIONS
 
 SCALES = (1, 2, 4)
 INPUT_TYPES = ('mean', 'noise')
@@ -81,13 +82,23 @@ class FusionConfig:
                             'bicubic of the fusion of the inputs by the decision maps, so the net fits '
                             'the correction to B (--output_bias unused). docs/design.md "Departures".',
                             choices=OUTPUT_BASES)
-  # Focus measure: the papers' [5, 3, 3, 0.01, 1] with the 'compare' two-input rule (focus.py);
-  # flags --doublereblur, --doublereblur_rule, --doublereblur_argmax_sigma.
-  doublereblur: DoubleReblurParams = DoubleReblurParams()
+  # The decision maps: focus measure, rule, clean-up, DoubleReblur's parameters (focus.FocusConfig;
+  # flags --focus_*, --doublereblur*).
+  focus: FocusConfig = dataclasses.field(default=FocusConfig(), metadata={'nested': True})
   # The main and the decision-embedding SKIPnets; flags --channels, --skip_channels,
   # --mask_skip_channels, --kernel_size, --double_3x3, --upsample, --strided_conv.
+  prior: str = option('skipnet', "The image prior, a network mapping z to the image: 'skipnet' (the papers' "
+                      "SKIPnet, shaped by --channels and the network flags) or 'deep_decoder' (Heckel & Hand "
+                      '2019: 1x1 convolutions and upsampling, few parameters; --dd_*). docs/extending.md '
+                      'adds others.', choices=PRIORS)
   image_net: NetConfig = IMAGE_NET
   mask_net: NetConfig = MASK_NET
+  deep_decoder: DeepDecoderConfig = dataclasses.field(default=DeepDecoderConfig(), metadata={'nested': True})
+  degradation: str = option('lanczos2', "How the losses bring the network's output to the inputs' size: "
+                            "'lanczos2' (deep image prior's Lanczos-2, the papers') or 'area' (the mean over "
+                            "each input pixel's s x s block: a sensor's integration, and how the benchmarks "
+                            "and --lf_downsample make low-resolution images). Unused at --scale=1.",
+                            choices=tuple(DEGRADATIONS))
   loss_weights: LossWeights = LossWeights()  # alpha, beta, gamma (and per-input lambda); --loss_weights.
   output_average: str = option('ema', "The result: 'ema' = exponential moving average of the iterates' "
                                "outputs (image and embedded maps), 'last' = the last iterate. Never "
@@ -131,7 +142,8 @@ class FusionConfig:
     if not all(0 <= t < math.inf for t in terms) or not (content_on or w.beta > 0 or w.gamma > 0):
       raise ValueError(f'loss weights must be finite and >= 0, and not all 0, got alpha={w.alpha}, '
                        f'beta={w.beta}, gamma={w.gamma}' + (f', content={w.content}' if w.content else ''))
-    for name, choices in (('input_type', INPUT_TYPES), ('output_bias', OUTPUT_BIASES),
+    for name, choices in (('prior', PRIORS), ('degradation', tuple(DEGRADATIONS)),
+                          ('input_type', INPUT_TYPES), ('output_bias', OUTPUT_BIASES),
                           ('output_base', OUTPUT_BASES), ('output_average', OUTPUT_AVERAGES),
                           ('loop', LOOPS), ('stop', STOPS), ('cpu_conv', CPU_CONVS),
                           ('compute_dtype', DTYPES)):
@@ -158,6 +170,12 @@ class FusionConfig:
       return None
     min_steps = self.stop_min_iters if stage == 'main' else min(self.stop_min_iters, self.mask_iters // 2)
     return StopRule(self.stop_tol, self.stop_window, min_steps, self.stop_patience)
+
+  @property
+  def image_prior(self):
+    """The configuration of the image prior `prior` selects (NetConfig or DeepDecoderConfig): it builds
+    the network (`build`) and states its depth and activation memory."""
+    return self.deep_decoder if self.prior == 'deep_decoder' else self.image_net
 
   @property
   def jnp_dtype(self):
@@ -210,6 +228,9 @@ def field_flags(cls, prefix: tuple = ()) -> list[FlagSpec]:
   """A flag for every field of dataclass `cls` declared with `option()` (help text in its metadata)."""
   out = []
   for f in dataclasses.fields(cls):
+    if f.metadata.get('nested'):  # A dataclass whose own fields are flags.
+      out += field_flags(type(f.default), prefix + (f.name,))
+      continue
     if 'help' not in f.metadata:
       continue
     meta = f.metadata
@@ -248,7 +269,7 @@ def _numbers(name: str, values, cast, count: int | None = None, what: str = 'num
 
 def _doublereblur_put(values) -> dict:
   p = DoubleReblurParams.parse(','.join(map(str, values)))
-  return {('doublereblur', k): getattr(p, k) for k in ('kg', 'kd', 'ke', 't', 'f')}
+  return {('focus', 'doublereblur', k): getattr(p, k) for k in ('kg', 'kd', 'ke', 't', 'f')}
 
 
 def _net_put(nets, field):
@@ -267,20 +288,15 @@ def _fmt_list(values) -> list:
 
 
 _NET_FIELDS = {f.name: f for f in dataclasses.fields(NetConfig)}
-_DR_FIELDS = {f.name: f for f in dataclasses.fields(DoubleReblurParams)}
 _BOTH_NETS = ('image_net', 'mask_net')
 
 # The flags that are not one field each. Their help texts live here (and nowhere else).
 _COMPOSITE_FLAGS = (
     FlagSpec('doublereblur', 'list', 'DoubleReblur parameters kg,kd,ke,t,f (DFP_METHOD.md section 4): '
              'Gaussian (second reblur) size, dilation and erosion sizes of the closing, threshold t of '
-             "the papers' rule, f = 1 for largest region + hole filling.",
-             lambda c: _fmt_list(c.doublereblur.as_list()), _doublereblur_put),
-    FlagSpec('doublereblur_rule', 'enum', _DR_FIELDS['rule'].metadata['help'],
-             lambda c: c.doublereblur.rule, lambda v: {('doublereblur', 'rule'): v},
-             _DR_FIELDS['rule'].metadata['choices']),
-    FlagSpec('doublereblur_argmax_sigma', 'float', _DR_FIELDS['argmax_sigma'].metadata['help'],
-             lambda c: c.doublereblur.argmax_sigma, lambda v: {('doublereblur', 'argmax_sigma'): v}),
+             "the papers' rule, f = 1 for largest region + hole filling (the last three also shape "
+             '--focus_cleanup=regions).',
+             lambda c: _fmt_list(c.focus.doublereblur.as_list()), _doublereblur_put),
     FlagSpec('channels', 'list', 'SKIPnet channels per scale, encoder = decoder, both networks; the '
              'count is the depth D.', lambda c: _fmt_list(c.image_net.channels_down), _channels_put),
     FlagSpec('skip_channels', 'list', 'Skip channels per scale of the image net (0 = no skip).',

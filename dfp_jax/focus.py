@@ -77,14 +77,15 @@ class DoubleReblurParams:
   # Step 4 for N = 2 (help texts: these two are also the flags --doublereblur_rule and
   # --doublereblur_argmax_sigma).
   rule: str = dataclasses.field(default='compare', metadata={
-      'help': "Two-input decision of DoubleReblur: 'compare' = the first input wins where its "
-              "second-reblur response (box mean over kd) is at least the second's (no threshold; t "
-              "unused); 'threshold' = the papers' s > t (t is absolute: scene-dependent). "
-              'docs/design.md "Departures".', 'choices': RULES})
+      'flag': 'doublereblur_rule', 'choices': RULES,
+      'help': "Two-input decision of --focus_measure=doublereblur: 'compare' = the first input wins where "
+              "its second-reblur response (box mean over kd) is at least the second's (no threshold; t "
+              "unused); 'threshold' = the papers' s > t (t is absolute: scene-dependent)."})
   argmax_sigma: float = dataclasses.field(default=3.0, metadata={
-      'help': "N > 2 inputs: sigma (pixels at the input size) of the Gaussian window each input's focus "
-              'measure is averaged over before the argmax that makes the decision maps; 0 = the kd x kd '
-              'box. Not used for N = 2. docs/design.md "Departures".'})
+      'flag': 'doublereblur_argmax_sigma',
+      'help': "--focus_measure=doublereblur with N > 2 inputs: sigma (pixels of the inputs) of the "
+              "Gaussian window each input's response is averaged over before the argmax; 0 = the kd x kd "
+              'box.'})
 
   def __post_init__(self):
     if self.kg < 1 or self.kg % 2 == 0:
@@ -277,15 +278,211 @@ def focus_measures(lumas: jnp.ndarray, params: DoubleReblurParams = DoubleReblur
   return jax.vmap(one)(lumas)
 
 
-def decision_maps(images: jnp.ndarray, params: DoubleReblurParams = DoubleReblurParams()) -> jnp.ndarray:
-  """Decision maps [N, H, W] for N registered images [N, H, W, C] in [0, 1]; they partition the image
-  (one-hot along N at every pixel). N = 2: DoubleReblur's map m and 1 - m. N > 2: argmax rule."""
+# ---------------------------------------------------------------------------------------------------
+# Focus measures: a luma stack [N, H, W] -> a per-input response [N, H, W] (larger: more in focus).
+# Each is a pure jnp function of the lumas and the FocusConfig; register a new one in MEASURES.
+
+
+def _window(x: jnp.ndarray, sigma: float) -> jnp.ndarray:
+  """Gaussian local mean of x [..., H, W] (cv2.GaussianBlur's support for sigma; reflect-101)."""
+  return filters.gaussian_blur(x, argmax_window_size(sigma), sigma)
+
+
+def laplacian_energy(lumas: jnp.ndarray, window: str = 'gauss', size: float = 1.0) -> jnp.ndarray:
+  """Local energy of the 4-neighbour Laplacian: mean of laplacian(y)^2 over a Gaussian window of sigma
+  `size` ('gauss') or a size x size box ('box'). lightfield.focus_measure (the focal-plane chooser's
+  measure) is this with a 9 x 9 box."""
+  lap = filters.laplacian(lumas)
+  energy = lap * lap
+  return filters.box_mean(energy, int(size)) if window == 'box' else _window(energy, size)
+
+
+def sum_modified_laplacian(lumas: jnp.ndarray, size: float = 1.0) -> jnp.ndarray:
+  """Sum-modified-Laplacian (Nayar & Nakagawa 1994), |2y - y_left - y_right| + |2y - y_up - y_down|,
+  averaged over a Gaussian window of sigma `size` (reflect-101 borders)."""
+  p = jnp.pad(lumas, [(0, 0)] * (lumas.ndim - 2) + [(1, 1), (1, 1)], mode='reflect')
+  ml = (jnp.abs(2.0 * lumas - p[..., 1:-1, :-2] - p[..., 1:-1, 2:])
+        + jnp.abs(2.0 * lumas - p[..., :-2, 1:-1] - p[..., 2:, 1:-1]))
+  return _window(ml, size)
+
+
+def _pyr_down(x: jnp.ndarray) -> jnp.ndarray:
+  """cv2.pyrDown of [..., H, W]: the 5-tap binomial (reflect-101), then every second pixel."""
+  k = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
+  return filters.separable_correlate(x, k, k, 'reflect')[..., ::2, ::2]
+
+
+def multiscale_laplacian(lumas: jnp.ndarray, size: float = 1.0, levels: int = 3) -> jnp.ndarray:
+  """Laplacian energy summed over a Gaussian pyramid (cv2.pyrDown levels 0 .. levels - 1): each level's
+  energy averaged over a Gaussian window of sigma `size` at that level's resolution (so the window
+  doubles per level), resized back to full size (bilinear, half-pixel centres) and summed as it is
+  (fine scales weigh most where there is fine texture; coarse ones decide where there is none)."""
+  h, w = lumas.shape[-2:]
+  total, level = jnp.zeros_like(lumas), lumas
+  for _ in range(levels):
+    e = laplacian_energy(level, 'gauss', size)
+    total = total + (e if e.shape[-2:] == (h, w) else
+                     jax.image.resize(e, e.shape[:-2] + (h, w), 'linear'))
+    level = _pyr_down(level)
+  return total
+
+
+def doublereblur_response(lumas: jnp.ndarray, params: DoubleReblurParams) -> jnp.ndarray:
+  """DoubleReblur as a focus measure: each input's second-reblur response (reblurred with the kernel
+  that blurs it into the other input, or into the mean of the others for N > 2), averaged over the kd
+  x kd box for two inputs (the 'compare' rule), over `focus_window` for N > 2."""
+  n = lumas.shape[0]
+  if n == 2:
+    s = jnp.stack([_response(lumas[0], lumas[1], params), _response(lumas[1], lumas[0], params)])
+    return filters.box_mean(s, params.kd)
+  return focus_measures(lumas, params)
+
+
+MEASURES = {
+    'multiscale_laplacian': lambda lumas, cfg: multiscale_laplacian(lumas, cfg.window, cfg.levels),
+    'laplacian_energy': lambda lumas, cfg: laplacian_energy(lumas, 'gauss', cfg.window),
+    'sum_modified_laplacian': lambda lumas, cfg: sum_modified_laplacian(lumas, cfg.window),
+    'doublereblur': lambda lumas, cfg: doublereblur_response(lumas, cfg.doublereblur),
+}
+CLEANUPS = ('none', 'regions', 'small_regions')
+
+
+# ---------------------------------------------------------------------------------------------------
+# Clean-ups of an index map (int32 [H, W], values in [0, N)).
+
+
+def regions_cleanup(index: jnp.ndarray, params: DoubleReblurParams) -> jnp.ndarray:
+  """DoubleReblur's clean-up of a two-input map (steps 5-6): input 0's region is closed (dilate kd x
+  kd, erode ke x ke) and, with f = 1, reduced to its largest 8-connected region with its holes filled.
+  Maps of more than two inputs are returned as they are (the steps have no N-input form)."""
+  if params.kd == 1 and params.ke == 1 and params.f == 0:
+    return index
+  m = filters.erode(filters.dilate((index == 0).astype(jnp.uint8), params.kd), params.ke) > 0
+  if params.f == 1:
+    m = fill_holes(largest_component(m))
+  return jnp.where(m, 0, 1).astype(jnp.int32)
+
+
+_NEIGHBOURS8 = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def _neighbour(x: jnp.ndarray, dy: int, dx: int, fill) -> jnp.ndarray:
+  """x[i + dy, j + dx] of [H, W], `fill` outside the image."""
+  h, w = x.shape
+  return jnp.pad(x, 1, constant_values=fill)[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+
+
+def region_labels(index: jnp.ndarray) -> jnp.ndarray:
+  """Labels the 8-connected regions of equal index, all labels at once: each pixel gets the largest
+  flat position + 1 of its region (label propagation to convergence in lax.while_loop)."""
+  h, w = index.shape
+  same = [_neighbour(index, dy, dx, -1) == index for dy, dx in _NEIGHBOURS8]
+
+  def body(carry):
+    labels, _ = carry
+    new = labels
+    for (dy, dx), s in zip(_NEIGHBOURS8, same):
+      new = jnp.maximum(new, jnp.where(s, _neighbour(labels, dy, dx, 0), 0))
+    return new, jnp.any(new != labels)
+
+  init = jnp.arange(1, h * w + 1, dtype=jnp.int32).reshape(h, w)
+  return lax.while_loop(lambda c: c[1], body, (init, jnp.array(True)))[0]
+
+
+def remove_small_regions(index: jnp.ndarray, n: int, min_pixels: int) -> jnp.ndarray:
+  """Every 8-connected region of one label with fewer than `min_pixels` pixels is relabelled from its
+  surroundings: growing inwards, each of its pixels takes the most frequent label among its decided
+  8-neighbours (ties to the lower index). A map whose regions are all small is returned as it is."""
+  h, w = index.shape
+  labels = region_labels(index)
+  sizes = jnp.zeros((h * w + 1,), jnp.int32).at[labels.reshape(-1)].add(1)
+  known = sizes[labels] >= min_pixels
+  known = known | ~jnp.any(known)
+
+  def body(carry):
+    idx, kn = carry
+    onehot = jax.nn.one_hot(idx, n, axis=0, dtype=jnp.float32) * kn[None]
+    votes = sum(jnp.stack([_neighbour(onehot[c], dy, dx, 0.0) for c in range(n)])
+                for dy, dx in _NEIGHBOURS8)
+    grow = ~kn & (jnp.sum(votes, axis=0) > 0)
+    return jnp.where(grow, jnp.argmax(votes, axis=0).astype(jnp.int32), idx), kn | grow
+
+  return lax.while_loop(lambda c: ~jnp.all(c[1]), body, (index, known))[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The decision maps.
+
+
+@dataclasses.dataclass(frozen=True)
+class FocusConfig:
+  """How the decision maps are made: a focus measure, the argmax over the inputs, a clean-up."""
+  measure: str = dataclasses.field(default='multiscale_laplacian', metadata={
+      'flag': 'focus_measure', 'choices': tuple(MEASURES),
+      'help': "Focus measure of the decision maps (each pixel goes to the input with the largest "
+              "response): 'multiscale_laplacian' (Laplacian energy summed over a 3-level Gaussian "
+              "pyramid), 'laplacian_energy', 'sum_modified_laplacian', or 'doublereblur' (the papers', "
+              'with --doublereblur*). docs/design.md "Departures".'})
+  window: float = dataclasses.field(default=1.0, metadata={
+      'flag': 'focus_window',
+      'help': 'Sigma (pixels of the inputs) of the Gaussian window the Laplacian-family measures are '
+              'averaged over (at each pyramid level for multiscale_laplacian).'})
+  levels: int = dataclasses.field(default=3, metadata={
+      'flag': 'focus_levels', 'help': 'Pyramid levels of multiscale_laplacian.'})
+  cleanup: str = dataclasses.field(default='none', metadata={
+      'flag': 'focus_cleanup', 'choices': CLEANUPS,
+      'help': "Clean-up of the decision map: 'none'; 'regions' (DoubleReblur's steps 5-6 for two inputs: "
+              'closing kd, ke, then with f = 1 the largest region with its holes filled; wrong by '
+              "construction on thin structures such as fences or leaves); 'small_regions' (regions "
+              'smaller than --focus_min_region of the image take their surroundings\' label).'})
+  min_region: float = dataclasses.field(default=0.001, metadata={
+      'flag': 'focus_min_region',
+      'help': "Smallest region kept by --focus_cleanup=small_regions, as a fraction of the image."})
+  # DoubleReblur's parameters: its measure (--focus_measure=doublereblur), its absolute-threshold rule
+  # and the kd, ke, f of the 'regions' clean-up (--doublereblur, --doublereblur_rule,
+  # --doublereblur_argmax_sigma).
+  doublereblur: DoubleReblurParams = dataclasses.field(default=DoubleReblurParams(),
+                                                      metadata={'nested': True})
+
+  def __post_init__(self):
+    if self.measure not in MEASURES:
+      raise ValueError(f"focus measure must be one of {tuple(MEASURES)}, got '{self.measure}'")
+    if self.cleanup not in CLEANUPS:
+      raise ValueError(f"focus clean-up must be one of {CLEANUPS}, got '{self.cleanup}'")
+    if not (0 < self.window < 64 and np.isfinite(self.window)):
+      raise ValueError(f'focus window must be a sigma in (0, 64) pixels, got {self.window}')
+    if not 1 <= self.levels <= 8:
+      raise ValueError(f'focus levels must be in [1, 8], got {self.levels}')
+    if not 0 <= self.min_region < 1:
+      raise ValueError(f'focus min_region must be a fraction in [0, 1), got {self.min_region}')
+
+
+PAPERS_FOCUS = FocusConfig(measure='doublereblur', cleanup='regions',
+                           doublereblur=DoubleReblurParams(rule='threshold'))
+
+
+def decision_index(images: jnp.ndarray, cfg: FocusConfig = FocusConfig()) -> jnp.ndarray:
+  """Which input each pixel takes, int32 [H, W], for N registered images [N, H, W, C] in [0, 1]: the
+  argmax over the inputs of `cfg.measure` (ties to the lower index), or DoubleReblur's absolute
+  threshold for two inputs (rule 'threshold'), then `cfg.cleanup`."""
   n = images.shape[0]
   if n < 2:
     raise ValueError(f'decision maps need at least 2 images, got {n}')
   lumas = filters.luma(images)
-  if n == 2:
-    m = double_reblur(lumas[0], lumas[1], params)
-    return jnp.stack([m, 1.0 - m])
-  index = jnp.argmax(focus_measures(lumas, params), axis=0)
-  return jax.nn.one_hot(index, n, axis=0, dtype=jnp.float32)
+  dr = cfg.doublereblur
+  if cfg.measure == 'doublereblur' and n == 2 and dr.rule == 'threshold':
+    index = jnp.where(_response(lumas[0], lumas[1], dr) > dr.t, 0, 1).astype(jnp.int32)
+  else:
+    index = jnp.argmax(MEASURES[cfg.measure](lumas, cfg), axis=0).astype(jnp.int32)
+  if cfg.cleanup == 'regions' and n == 2:
+    index = regions_cleanup(index, dr)
+  elif cfg.cleanup == 'small_regions':
+    h, w = index.shape
+    index = remove_small_regions(index, n, int(np.ceil(cfg.min_region * h * w)))
+  return index
+
+
+def decision_maps(images: jnp.ndarray, cfg: FocusConfig = FocusConfig()) -> jnp.ndarray:
+  """Decision maps [N, H, W] (float32, one-hot along N: they partition the image) for N registered
+  images [N, H, W, C] in [0, 1] (`decision_index`)."""
+  return jax.nn.one_hot(decision_index(images, cfg), images.shape[0], axis=0, dtype=jnp.float32)

@@ -50,7 +50,7 @@ class FusionResult(NamedTuple):
 
 def input_size_needs(config: FusionConfig) -> list[tuple[int, str]]:
   """What bounds the low-resolution side from below: (pixels, reason) pairs."""
-  d, dm, dr = len(config.image_net.channels_down), len(config.mask_net.channels_down), config.doublereblur
+  d, dm, dr = config.image_prior.depth, config.mask_net.depth, config.focus.doublereblur
   needs = [(int(np.ceil(2 ** d / config.scale)), f'the image net (depth {d}) needs 2^{d} pixels at x{config.scale}'),
            (2 * dr.radius - 1, f'DoubleReblur\'s blur-kernel estimate spans {2 * dr.radius - 1} pixels'),
            (max(dr.kg, dr.kd, dr.ke), f'--doublereblur kernels kg,kd,ke = {dr.kg},{dr.kd},{dr.ke}')]
@@ -74,7 +74,7 @@ def size_shortfall(config: FusionConfig, height: int, width: int) -> str | None:
   if side >= m:
     return None
   why = '; '.join(r for n, r in input_size_needs(config) if n > side)
-  depth = len(config.image_net.channels_down)
+  depth = config.image_prior.depth
   fits = int(np.floor(np.log2(max(side, 1) * (config.scale if config.mask_iters == 0 else 1))))
   if 2 ** depth > side * config.scale or (config.mask_iters > 0 and 2 ** depth > side):
     why += (f'; at this size the networks can have at most {fits} scale(s): give --channels, '
@@ -157,13 +157,13 @@ def mask_stage(config: FusionConfig, num_inputs: int) -> optimize.Stage:
 def main_stage(config: FusionConfig, channels: int) -> optimize.Stage:
   """The fusion-prior stage (static: cached per configuration and channel count)."""
   based = config.output_base == 'map_fusion'
-  net = config.image_net.build(channels, 'none' if based else 'sigmoid', config.jnp_dtype)
+  net = config.image_prior.build(channels, 'none' if based else 'sigmoid', config.jnp_dtype)
   s = config.scale
   weights = config.loss_weights
 
   def loss_fn(params, problem):
     out_hr = image_output(net.apply(params, problem['z']), problem, config)
-    out_lr = resample.lanczos2_downsample(out_hr, s)
+    out_lr = resample.downsample(out_hr, s, config.degradation)
     loss, terms = losses.fusion_loss(out_hr, out_lr, problem['images'], problem['maps'],
                                      problem['grad_target'], weights)
     return loss, (terms, out_hr)
@@ -306,7 +306,7 @@ def prepare_main_stage(key, x: jnp.ndarray, config: FusionConfig,
   k_mask, k_main = jax.random.split(key)
   timings, history = {}, {}
   t0 = time.perf_counter()
-  raw_maps = decision_maps_jit(x, config.doublereblur)
+  raw_maps = decision_maps_jit(x, config.focus)
   raw_maps.block_until_ready()
   timings['doublereblur_s'] = time.perf_counter() - t0
   logging.info('DoubleReblur decision maps for %d inputs of %dx%d in %.1f s', n, h, w,
@@ -353,7 +353,7 @@ def fuse(images, scale: int | None = None, config: FusionConfig = FusionConfig()
   timings.update(main_s=report.seconds, main_compile_s=report.compile_seconds,
                  main_steps_per_s=report.steps_per_second, main_steps=report.steps)
   fused = final_output(state, config=config, channels=c)
-  fused_lr = resample.lanczos2_downsample(fused, config.scale)
+  fused_lr = resample.downsample(fused, config.scale, config.degradation)
   timings['total_s'] = time.perf_counter() - t0
   return FusionResult(np.asarray(fused), np.asarray(fused_lr), np.asarray(raw_maps), np.asarray(maps),
                       np.asarray(problem['z']), history, timings)

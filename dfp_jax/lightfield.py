@@ -51,6 +51,7 @@ import numpy as np
 from dfp_jax import config as config_lib
 from dfp_jax import errors
 from dfp_jax import filters
+from dfp_jax import focus
 from dfp_jax import fusion
 from dfp_jax import image_io
 from dfp_jax import resample
@@ -691,8 +692,7 @@ def focus_measure(image: jnp.ndarray, window: int = 9) -> jnp.ndarray:
 
   For a grey image (C = 1) the luma is the image itself (see `filters.luma`).
   """
-  lap = filters.laplacian(filters.luma(image))
-  return filters.box_mean(lap * lap, window)
+  return focus.laplacian_energy(filters.luma(image), 'box', window)
 
 
 def focus_sweep(lf: LightField, disparities, aperture=jnp.inf, *, window: int = 9,

@@ -35,18 +35,10 @@ FIXED_BYTES = 8 * 2 ** 20
 HOST_FACTOR = 1.45
 
 
-def _feature_channels_per_pixel(net) -> float:
-  """Sum over scales of the feature channels stored per full-resolution pixel."""
-  total = 0.0
-  for i, (d, u, s) in enumerate(zip(net.channels_down, net.channels_up, net.channels_skip)):
-    total += (d + u + s) / 4.0 ** i
-  return total
-
-
 @functools.lru_cache(maxsize=64)
 def _param_count(net_cfg, cin: int, cout: int) -> int:
-  """Parameter count of a SKIPnet (independent of the image size), from shapes only."""
-  m = 2 ** len(net_cfg.channels_down)
+  """Parameter count of a prior (independent of the image size), from shapes only."""
+  m = 2 ** net_cfg.depth
   params = jax.eval_shape(net_cfg.build(cout).init, jax.random.key(0),
                           jax.ShapeDtypeStruct((m, m, cin), jnp.float32))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
@@ -69,16 +61,15 @@ def estimate_memory(height: int, width: int, num_inputs: int, channels: int,
   out = {}
 
   def stage_bytes(net_cfg, h, w, cin, cout, lr_pixels, images_kept=3):
-    depth = len(net_cfg.channels_down)
-    px = _padded(h, depth) * _padded(w, depth)
+    px = _padded(h, net_cfg.depth) * _padded(w, net_cfg.depth)
     n_params = _param_count(net_cfg, cin, cout)
-    per_px = ACTIVATION_COPIES * act_bytes * _feature_channels_per_pixel(net_cfg)
+    per_px = ACTIVATION_COPIES * act_bytes * net_cfg.feature_channels_per_pixel()
     # Inputs and maps; z, the output and its EMA at the output size (and the base's logit).
     scene = 4 * (num_inputs * lr_pixels * (channels + 1) + images_kept * h * w * max(cin, cout))
     return int(FIXED_BYTES + 4 * 4 * n_params + per_px * px + scene), per_px
 
   cz = config.noise_channels if config.input_type == 'noise' else channels
-  out['main'], per_px = stage_bytes(config.image_net, s * height, s * width, cz, channels,
+  out['main'], per_px = stage_bytes(config.image_prior, s * height, s * width, cz, channels,
                                     height * width, 3 + (config.output_base != 'none'))
   out['mask'] = 0
   if config.mask_iters > 0:

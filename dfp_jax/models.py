@@ -1,4 +1,7 @@
-"""SKIPnet: the deep-image-prior encoder-decoder with skip connections (DFP_METHOD.md section 3).
+"""The priors: SKIPnet, the deep-image-prior encoder-decoder with skip connections of the papers
+(DFP_METHOD.md section 3), and the Deep Decoder (`DeepDecoder`, `--prior=deep_decoder`). A prior is a
+Flax module mapping the fixed input z [H, W, C_in] to the image [H, W, C]; its configuration
+(`NetConfig`, `DeepDecoderConfig`) builds it (`build`) and states its depth and activation memory.
 
 API choice: Flax Linen, used purely functionally (`init` / `apply` on plain parameter dicts), the
 flax-imagenet pattern: `jax.vmap`, `lax.scan` and `jax.jit` apply to the parameters directly.
@@ -259,6 +262,16 @@ class NetConfig:
     if self.strided_conv not in STRIDED_CONVS:
       raise ValueError(f"strided_conv must be one of {STRIDED_CONVS}, got '{self.strided_conv}'")
 
+  @property
+  def depth(self) -> int:
+    """Scales D: each side must be at least 2^D pixels."""
+    return len(self.channels_down)
+
+  def feature_channels_per_pixel(self) -> float:
+    """Feature channels stored per full-resolution pixel, summed over the scales (memory estimate)."""
+    return sum((d + u + s) / 4.0 ** i for i, (d, u, s) in enumerate(
+        zip(self.channels_down, self.channels_up, self.channels_skip)))
+
   def build(self, out_channels: int, output_activation: str = 'sigmoid',
             dtype=jnp.float32) -> SkipNet:
     return SkipNet(out_channels=out_channels, channels_down=tuple(self.channels_down),
@@ -269,6 +282,83 @@ class NetConfig:
 
 IMAGE_NET = NetConfig()
 MASK_NET = NetConfig(channels_skip=(0, 0, 0, 4, 4))
+
+
+# ---------------------------------------------------------------------------------------------------
+# A second prior: the Deep Decoder (Heckel & Hand, ICLR 2019).
+
+
+class DeepDecoder(nn.Module):
+  """Deep Decoder: a fixed coarse input is decoded by `levels` blocks of (1x1 convolution, x2 bilinear
+  upsampling, ReLU, channel normalisation), then a 1x1 head and a sigmoid. No spatial convolutions
+  and few parameters: the image is a combination of smooth upsampled feature maps, an inductive bias
+  unlike SKIPnet's (its convolutions learn local texture).
+
+  The coarse input is z (the same network input as SKIPnet's: the bicubic of the inputs' mean, or
+  noise) average-pooled by 2^levels, so the module maps z [H, W, C_in] to [H, W, out_channels] like
+  every prior here. Channel normalisation is `CurrentStatsBatchNorm` (the paper's: per channel over
+  the image). Sizes that are not multiples of 2^levels are reflect-padded and cropped back.
+  """
+  out_channels: int = 3
+  channels: int = 64  # Feature channels k of every block.
+  levels: int = 5  # Upsampling blocks d; the coarse grid is 2^d times smaller than the image.
+  output_activation: str = 'sigmoid'
+  dtype: jnp.dtype = jnp.float32
+
+  @property
+  def min_size(self) -> int:
+    return 2 ** self.levels
+
+  @nn.compact
+  def __call__(self, z):
+    """Args: z: [H, W, C_in] network input. Returns [H, W, out_channels]."""
+    h, w = z.shape[-3], z.shape[-2]
+    m = self.min_size
+    if h < m or w < m:
+      raise ValueError(f'input {h}x{w} is smaller than {m}x{m}, the minimum for {self.levels} levels')
+    x = z[None] if z.ndim == 3 else z
+    x = jnp.pad(x, ((0, 0), (0, (-h) % m), (0, (-w) % m), (0, 0)), mode='reflect')
+    n, hp, wp, c = x.shape
+    x = x.reshape(n, hp // m, m, wp // m, m, c).mean(axis=(2, 4)).astype(self.dtype)
+    conv = functools.partial(nn.Conv, kernel_size=(1, 1), kernel_init=torch_default_init,
+                             dtype=self.dtype, param_dtype=jnp.float32)
+    for _ in range(self.levels):
+      x = resample.bilinear_up2(conv(self.channels)(x))
+      x = CurrentStatsBatchNorm()(jax.nn.relu(x))
+    y = conv(self.out_channels, name='head')(x).astype(jnp.float32)[:, :h, :w, :]
+    if self.output_activation == 'sigmoid':
+      y = jax.nn.sigmoid(y)
+    return y[0] if z.ndim == 3 else y
+
+
+@dataclasses.dataclass(frozen=True)
+class DeepDecoderConfig:
+  """Hyperparameters of the Deep Decoder prior (`--prior=deep_decoder`)."""
+  channels: int = dataclasses.field(default=64, metadata={
+      'flag': 'dd_channels', 'help': 'Deep Decoder: feature channels of every block.'})
+  levels: int = dataclasses.field(default=5, metadata={
+      'flag': 'dd_levels', 'help': 'Deep Decoder: upsampling blocks (each side needs 2^levels pixels).'})
+
+  def __post_init__(self):
+    if self.channels < 1 or not 1 <= self.levels <= 12:
+      raise ValueError(f'Deep Decoder channels must be >= 1 and levels in [1, 12], got '
+                       f'{self.channels}, {self.levels}')
+
+  @property
+  def depth(self) -> int:
+    return self.levels
+
+  def feature_channels_per_pixel(self) -> float:
+    """Feature channels stored per output pixel over the blocks (each block's output is 4x larger than
+    its input, so the last block dominates; conv, upsample, ReLU and norm outputs are kept)."""
+    return sum(3 * self.channels / 4.0 ** i for i in range(self.levels))
+
+  def build(self, out_channels: int, output_activation: str = 'sigmoid', dtype=jnp.float32) -> DeepDecoder:
+    return DeepDecoder(out_channels=out_channels, channels=self.channels, levels=self.levels,
+                       output_activation=output_activation, dtype=dtype)
+
+
+PRIORS = ('skipnet', 'deep_decoder')
 
 
 def with_output_bias(params, value: jnp.ndarray):

@@ -12,10 +12,11 @@
   `align_corners=False`, `jax.image.resize(..., 'bilinear')`) written with fixed 0.25/0.75 weights, the
   decoder's upsampling.
 
-* `area_downsample`: block means (OpenCV `INTER_AREA` for integer factors), host-side NumPy: how the
-  benchmarks make low-resolution inputs and how the light-field loader downsamples views.
+* `area_downsample`: block means (OpenCV `INTER_AREA` for integer factors), NumPy or jnp: how the
+  benchmarks make low-resolution inputs, how the light-field loader downsamples views, and the losses'
+  `degradation='area'` (`downsample` picks the losses' operator by name).
 
-All functions take [H, W, C] images (or [..., H, W, C]); all but `area_downsample` are pure jnp.
+All functions take [H, W, C] images (or [..., H, W, C]) and are pure (jnp, or NumPy for NumPy input).
 """
 
 from __future__ import annotations
@@ -142,14 +143,26 @@ def nearest_up2(x: jnp.ndarray) -> jnp.ndarray:
   return jnp.repeat(jnp.repeat(x, 2, axis=nd - 3), 2, axis=nd - 2)
 
 
-def area_downsample(image, factor: int) -> np.ndarray:
-  """Mean over factor x factor blocks of a NumPy image [H, W, C] (or [..., H, W, C]), float32; the last
-  H % factor rows and W % factor columns are dropped first. Equals cv2.resize(..., INTER_AREA) for an
-  integer factor (tested). Host-side: the benchmarks' and the light-field loader's degradation."""
-  image = np.asarray(image)
+def area_downsample(image, factor: int):
+  """Mean over factor x factor blocks of an image [..., H, W, C] (OpenCV's `INTER_AREA` for an integer
+  factor; tested); the last H % factor rows and W % factor columns are dropped first. A NumPy array
+  gives NumPy (float32, accumulated in float64: the benchmarks' and the light-field loader's
+  degradation); a jnp array gives jnp (differentiable: the losses' `degradation='area'`)."""
   if factor == 1:
-    return image.astype(np.float32)
+    return image.astype(np.float32) if isinstance(image, np.ndarray) else image
   *lead, h, w, c = image.shape
   h2, w2 = h // factor, w // factor
   blocks = image[..., :h2 * factor, :w2 * factor, :].reshape(*lead, h2, factor, w2, factor, c)
-  return blocks.mean(axis=(-4, -2), dtype=np.float64).astype(np.float32)
+  if isinstance(image, np.ndarray):
+    return blocks.mean(axis=(-4, -2), dtype=np.float64).astype(np.float32)
+  return jnp.mean(blocks, axis=(-4, -2))
+
+
+# The degradation the losses model (the network's output, downsampled by it, is compared with the
+# inputs): Lanczos-2 (deep image prior's and the papers') or the sensor-like block mean.
+DEGRADATIONS = {'lanczos2': lanczos2_downsample, 'area': area_downsample}
+
+
+def downsample(image, factor: int, kind: str = 'lanczos2'):
+  """`image` [..., sH, sW, C] brought to [..., H, W, C] by the named degradation (DEGRADATIONS)."""
+  return DEGRADATIONS[kind](image, factor)

@@ -80,7 +80,7 @@ def define_region_flags() -> None:
   """--lightfield, --regions (top-left corners) and --region_size: square regions of one light field."""
   define_lightfield_flag()
   flags.DEFINE_list('regions', ['128:128', '0:0', '256:256', '0:256', '256:0'], 'Top-left corners y:x '
-                    "of the square regions scored (the first is benchmark_gt's --gt_crop).")
+                    'of the square regions scored.')
   flags.DEFINE_integer('region_size', 256, 'Side of each region (pixels of the views).')
 
 

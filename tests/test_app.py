@@ -38,7 +38,7 @@ def test_flags_reach_the_config(rule):
               '--channels=4,8', '--skip_channels=2,1', '--mask_skip_channels=0,3', '--kernel_size=3',
               '--loss_weights=2,0.25,0', '--output_average=last', '--scale=4', '--stop_patience=3')
   c = app_flags.fusion_config(f)
-  p = c.doublereblur
+  p = c.focus.doublereblur
   assert (p.rule, p.as_list(), p.argmax_sigma) == (rule, [3, 5, 5, 0.02, 0], 1.5)
   assert c.image_net.channels_down == c.image_net.channels_up == c.mask_net.channels_down == (4, 8)
   assert c.image_net.channels_skip == (2, 1) and c.mask_net.channels_skip == (0, 3)

@@ -125,7 +125,7 @@ def test_converged_scenes_are_frozen_in_a_group(scenes):
   cfg = CFG.replace(mask_iters=0)
   x = jnp.stack([jnp.asarray(np.stack(s)) for s in scenes[:2]])
   keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.key(0)] * 2))[:, 1]
-  maps = batch.programs.decision_maps(x, cfg.doublereblur)
+  maps = batch.programs.decision_maps(x, cfg.focus)
   state, problem = batch.programs.init_main(keys, x, maps, config=cfg)
   problem = dict(problem, active=jnp.ones(2, bool))
   stage = batch.programs.group_stage(fusion.main_stage(cfg, 3), 'vmap')
@@ -497,3 +497,15 @@ def test_batch_refuses_before_any_work_what_it_can_and_skips_nested_results(tmp_
   r = _run([f'--input_dir={data}', f'--output_dir={blocked}'] + TINY_FLAGS)
   err = [line for line in r.stderr.splitlines() if line.startswith('error: ')]
   assert r.returncode == 2 and len(err) == 1 and 'manifest.json: is a folder' in err[0], r.stderr[-2000:]
+
+
+def test_the_deep_decoder_prior_runs_under_vmap_and_shard_as_alone(scenes):
+  """A second prior under the batch engine: vmap (and the loop) give what fuse gives alone."""
+  cfg = CFG.replace(prior='deep_decoder', deep_decoder=CFG.deep_decoder.__class__(channels=6, levels=2),
+                    degradation='area', mask_iters=0)
+  pair = scenes[:2]
+  alone = [fusion.fuse(s, config=cfg, progress=None) for s in pair]
+  results, report = batch.fuse_batch(pair, cfg, strategy='vmap', progress=None, probe_cache=None)
+  assert report.buckets[0]['strategy'] == 'vmap'
+  for r, ref in zip(results, alone):
+    np.testing.assert_allclose(r.fused, ref.fused, atol=3e-3)

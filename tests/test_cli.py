@@ -50,7 +50,7 @@ def test_tiny_flagfile_writes_every_output_16bit(tmp_path):
   assert cv2.imread(str(out / 'fused_lr.png'), cv2.IMREAD_UNCHANGED).shape == (40, 48, 3)
   s = json.loads((out / 'summary.json').read_text())
   assert s['config']['scale'] == 2 and s['config']['iters'] == 3
-  assert s['config']['doublereblur']['rule'] == 'compare'  # The default two-input rule, recorded.
+  assert s['config']['focus']['measure'] == 'multiscale_laplacian'  # The default measure, recorded.
   assert [i['bit_depth'] for i in s['inputs']] == [16, 16]
   assert s['output']['bit_depth'] == 16
   assert set(s['final_loss']) == {'mask', 'main'}

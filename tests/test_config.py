@@ -25,7 +25,7 @@ def test_flag_defaults_are_the_dataclass_defaults(cls):
 
 def test_every_simple_config_field_has_a_flag_of_its_name():
   names = {s.name for s in config_lib.flag_specs()}
-  nested = {'doublereblur', 'image_net', 'mask_net', 'loss_weights'}
+  nested = {'focus', 'image_net', 'mask_net', 'deep_decoder', 'loss_weights'}
   fields = {f.name for f in dataclasses.fields(config_lib.FusionConfig)}
   assert fields - nested <= names
   assert {'doublereblur', 'doublereblur_rule', 'doublereblur_argmax_sigma', 'channels', 'skip_channels',

@@ -1,7 +1,7 @@
 """The scripts of experiments/, run as modules from the repository root as a user runs them:
 `benchmarks.benchmark` end to end on a tiny dataset (layout of results.json, results.md, images,
 external (lossy) results, the JPEG round trip, resume), `benchmarks.benchmark_gt` and
-`studies.x1_ceiling` on a synthetic light field, `benchmarks.bench_step`, `benchmarks.plot_curves`,
+`studies.x1_ceiling` on synthetic light fields, `benchmarks.bench_step`, `benchmarks.plot_curves`,
 `studies.robustness_table`, and the oracles of `experiments.common`."""
 
 import json
@@ -169,34 +169,135 @@ def lf_folder(tmp_path_factory):
   return d
 
 
-def test_benchmark_gt_scores_every_method_and_writes_json(lf_folder, tmp_path):
-  """benchmarks/benchmark_gt.py on the synthetic light field (centre view = the all-in-focus answer)."""
-  out = tmp_path / 'gt.json'
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  r = subprocess.run(_module('benchmarks.benchmark_gt') + [
-      f'--lightfield={lf_folder / "views"}', '--gt_crop=', '--scales=1,2', '--num_planes=2',
-      '--disparities=-1,1', '--seed=7', f'--json={out}', f'--bench_dir={tmp_path / "bench"}']
-                     + TINY_FLAGS, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+GT_SIZE, GT_REGION = 48, 32  # benchmark_gt: a larger synthetic light field, two regions of 32 px.
+GT_SIMPLE = ('average', 'map', 'laplacian_energy', 'laplacian_pyramid', 'best_slice')
+
+
+@pytest.fixture(scope='module')
+def lf_folder_48(tmp_path_factory):
+  d = tmp_path_factory.mktemp('lf48') / 'hci_syn_33views'  # Scene name 'syn'.
+  tex = synthetic.write_light_field(str(d), size=GT_SIZE)
+  return d, tex.astype(np.float32) / 255.0  # The centre view is the texture itself.
+
+
+def _gt_run(args, cache):
+  """benchmarks/benchmark_gt.py with tiny networks; one persistent compilation cache for the test, so
+  that reruns and the light-field job (the same [2, 16, 16, 3] inputs at x2) compile nothing again."""
+  tiny = [f for f in TINY_FLAGS if f != '--nocompilation_cache'] + ['--jax_disable_most_optimizations']
+  r = subprocess.run(_module('benchmarks.benchmark_gt') + args + tiny + [f'--compilation_cache_dir={cache}'],
+                     cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+                     timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  d = json.loads(out.read_text())
-  assert d['complete'] is True and d['seed'] == 7 and d['crop'] is None
-  methods = {'dfp', 'decision_map+bicubic', 'average+bicubic', 'laplacian_pyramid+bicubic',
-             'decision_map_threshold+bicubic', 'best_slice+bicubic'}
+  return r
+
+
+def _gt_rows(path):
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      assert line == '{"kind": "row", "digest"'  # The cut write of the resume test, ignored.
+  return [r for r in records if r['kind'] == 'row'], [r for r in records if r['kind'] == 'header']
+
+
+def test_benchmark_gt_scores_every_method_resumes_and_runs_the_light_field_job(lf_folder, lf_folder_48,
+                                                                              tmp_path):
+  """benchmarks/benchmark_gt.py on synthetic light fields whose centre view is the all-in-focus truth
+  (left half at disparity -1, right half at +1; the regions straddle the two)."""
+  from dfp_jax import baselines, metrics, resample  # pylint: disable=g-import-not-at-top
+  folder, truth = lf_folder_48
+  out, bench, cache, table = tmp_path / 'gt.jsonl', tmp_path / 'bench', tmp_path / 'cache', tmp_path / 't.md'
+  grid = [f'--lightfield={folder}', '--regions=0:8,16:8', f'--region_size={GT_REGION}', '--apertures=inf',
+          '--num_planes=2', f'--bench_dir={bench}', '--seed=7']
+  r = _gt_run(grid + ['--scales=2', f'--json={out}', f'--table={table}', '--batch_strategy=loop'], cache)
+  rows, headers = _gt_rows(out)
+  assert len(headers) == 1 and headers[0]['seed'] == 7 and headers[0]['config']['iters'] == 3
+  assert 'jax' in headers[0]['versions'] and all(row['digest'] == headers[0]['digest'] for row in rows)
   by_case = {}
-  for row in d['rows']:
-    by_case.setdefault(row['case'], {})[row['method']] = row
-  assert set(by_case) == {'N2_x1', 'N2_x2'} and all(set(v) == methods for v in by_case.values())
-  for case, s in (('N2_x1', 1), ('N2_x2', 2)):
-    rows = by_case[case]
-    assert rows['dfp']['lr_size'] == [SIZE // s, SIZE // s] and rows['dfp']['iters'] == 3
-    assert rows['dfp']['planes'] == [-1.0, 1.0]
-  # At x1 each slice has one half exactly in focus and the other blurred by the full aperture: the
-  # selection by the decision map must score far above the average (a sign error in the protocol, or
-  # scoring against the wrong view, breaks this).
-  x1 = by_case['N2_x1']
-  assert x1['decision_map+bicubic']['PSNR'] > x1['average+bicubic']['PSNR'] + 3
-  assert x1['decision_map+bicubic']['PSNR'] > x1['best_slice+bicubic']['PSNR'] + 3
-  assert '| N2_x2 | dfp |' in r.stdout and os.path.exists(tmp_path / 'bench' / 'N2_x1_sheet.png')
+  for row in rows:
+    by_case.setdefault((tuple(row['region']), row['scale']), {})[row['method']] = row
+  x2 = {'dfp', 'perfect+bicubic', 'perfect+lanczos3', 'oracle_pixel+bicubic'} | {
+      f'{m}+{u}' for m in GT_SIMPLE + ('dfp_map',) for u in ('bicubic', 'lanczos3')}
+  assert set(by_case) == {((0, 8), 2), ((16, 8), 2)} and all(set(v) == x2 for v in by_case.values())
+  assert len(rows) == 2 * len(x2)  # One row per (case, method).
+  for (y, x), _ in by_case:
+    case = by_case[((y, x), 2)]
+    assert all(row['scene'] == 'syn' and row['aperture'] == 'inf' and row['N'] == 2 for row in case.values())
+    assert case['dfp']['lr_size'] == [GT_REGION // 2] * 2 and case['dfp']['planes'] == [-1.0, 1.0]
+    assert case['dfp']['main_steps'] == 3 and case['dfp']['mask_steps'] == 2 and case['dfp']['seconds'] > 0
+    # The truth is the centre view over the region, and the inputs area averages: `perfect` recomputed.
+    gt = truth[y:y + GT_REGION, x:x + GT_REGION]
+    perfect = baselines.upsample(resample.area_downsample(gt, 2), 2, 'bicubic')
+    assert abs(case['perfect+bicubic']['PSNR'] - float(metrics.psnr(perfect, gt))) < 1e-3
+    for u in ('bicubic', 'lanczos3'):  # The ceiling of every fuse-then-upsample pipeline.
+      for m in GT_SIMPLE + ('oracle_pixel',):
+        if f'{m}+{u}' in case:
+          assert case[f'perfect+{u}']['PSNR'] >= case[f'{m}+{u}']['PSNR'], (m, u, case)
+    # Each slice has one half in focus: selecting by focus beats averaging (a wrong truth breaks this).
+    assert case['map+bicubic']['PSNR'] > case['average+bicubic']['PSNR'] + 1
+    # The inputs are the cached slices area-averaged by the scale (the stack cache holds the slices).
+    cached = [f for f in os.listdir(bench / 'stacks') if f.startswith(f'syn_{y}_{x}_{GT_REGION}_ainf_n2_')]
+    assert len(cached) == 1
+    with np.load(bench / 'stacks' / cached[0]) as z:
+      assert np.array_equal(z['gt'], gt)
+      lr = resample.area_downsample(z['slices'], 2)
+    ups = [baselines.upsample(v, 2, 'bicubic') for v in (lr.mean(0), *lr)]
+    assert abs(case['average+bicubic']['PSNR'] - float(metrics.psnr(ups[0], gt))) < 1e-3
+    assert abs(case['best_slice+bicubic']['PSNR'] - max(float(metrics.psnr(u, gt)) for u in ups[1:])) < 1e-3
+  lines = r.stdout.splitlines()
+  assert '| method | syn | mean | worst |' in lines and any(l.startswith('| **DFP - best simple baseline** |')
+                                                          for l in lines)
+  # Per scene = the mean over its regions; best simple baseline = the per-case best, then that mean.
+  cases = list(by_case.values())
+  mean = lambda f: f'{np.mean([f(c) for c in cases]):.2f}'
+  best = lambda c: max(v['PSNR'] for k, v in c.items() if k.split('+')[0] in GT_SIMPLE)
+  assert f'| dfp | {mean(lambda c: c["dfp"]["PSNR"])} |' in r.stdout
+  assert f'| **best simple baseline** | {mean(best)} |' in r.stdout
+  assert table.read_text().strip() == r.stdout.strip()
+
+  # An interrupted run (the baseline rows of the last case missing, its write cut), resumed with --nodfp
+  # and x1 added: only those rows and the x1 cases are scored, without DFP. At x1 (no upsampling) the
+  # pixel oracle is the best per-pixel selection.
+  text = out.read_text().splitlines(keepends=True)
+  keep = [l for l in text if '"region": [16, 8]' not in l or '"method": "dfp"' in l]
+  assert len(text) - len(keep) == len(x2) - 1
+  out.write_text(''.join(keep) + '{"kind": "row", "digest"')
+  r2 = _gt_run(grid + ['--scales=1,2', '--nodfp', f'--json={out}'], cache)
+  assert '4 cases: 1 done before, 3 to run' in r2.stderr and '[main]' not in r2.stderr
+  assert '| dfp |' not in r2.stdout  # The tables of this run's methods.
+  rows2, _ = _gt_rows(out)
+  assert len(rows2) == len(rows) + 2 * len(GT_SIMPLE + ('dfp_map', 'oracle_pixel'))
+  before = {(tuple(row['region']), row['method']): row['PSNR'] for row in rows}
+  assert all(abs(row['PSNR'] - before[(tuple(row['region']), row['method'])]) < 1e-4
+             for row in rows2 if row['scale'] == 2)
+  x1 = {}
+  for row in rows2:
+    if row['scale'] == 1:
+      x1.setdefault(tuple(row['region']), {})[row['method']] = row['PSNR']
+  assert len(x1) == 2
+  for p in x1.values():
+    assert set(p) == {f'{m}+bicubic' for m in GT_SIMPLE + ('dfp_map', 'oracle_pixel')}, p  # No dfp, no perfect.
+    assert p['oracle_pixel+bicubic'] >= p['dfp_map+bicubic'] - 1e-6, p
+    for m in ('map', 'laplacian_energy', 'best_slice'):
+      assert p['oracle_pixel+bicubic'] >= p[f'{m}+bicubic'] - 1e-6, p
+    assert p['map+bicubic'] > p['average+bicubic'] + 3, p
+  # The first command again: nothing to do, no DFP, no row, the same tables.
+  r3 = _gt_run(grid + ['--scales=2', f'--json={out}'], cache)
+  assert '2 cases: 2 done before, 0 to run' in r3.stderr and '[main]' not in r3.stderr
+  assert len(_gt_rows(out)[0]) == len(rows2) and r3.stdout == r.stdout
+
+  # The light-field job: views area-downsampled x2 ([2, 16, 16, 3] inputs), x2, full-resolution truth.
+  out2 = tmp_path / 'lf.jsonl'
+  r4 = _gt_run([f'--lightfield={lf_folder / "views"}', '--lf_job', f'--bench_dir={bench}', f'--json={out2}'],
+               cache)
+  rows3, _ = _gt_rows(out2)
+  lf = {row['method']: row for row in rows3}
+  assert set(lf) == {'dfp', 'best_slice+bicubic', 'average+bicubic', 'map+bicubic', 'perfect+bicubic'}
+  assert all(row['mode'] == 'lf_job' and row['scene'] == 'views' and row['scale'] == 2 for row in rows3)
+  assert lf['dfp']['lr_size'] == [SIZE // 2] * 2
+  assert lf['perfect+bicubic']['PSNR'] >= max(lf[m]['PSNR'] for m in lf if m != 'dfp')
+  assert any(l.startswith('| **DFP - best_slice+bicubic** |') for l in r4.stdout.splitlines())
 
 
 def test_x1_ceiling_bounds_are_ordered_on_the_synthetic_light_field(lf_folder, tmp_path):

@@ -1,5 +1,6 @@
 """Tests of the one-scene pipeline dfp_jax.fuse: shapes, partitions, determinism, errors, memory."""
 
+import chex
 import cv2
 import jax
 import jax.numpy as jnp
@@ -162,3 +163,17 @@ def test_ema_output_is_not_the_last_iterate():
 def test_validate_images_errors(images, match):
   with pytest.raises(InputError, match=match):
     fusion.validate_images(images, CFG, names=[f'img{i}.png' for i in range(len(images))])
+
+
+@pytest.mark.parametrize('prior, degradation', [('deep_decoder', 'area'), ('skipnet', 'area')])
+def test_other_priors_and_degradations_fuse(prior, degradation):
+  """The second prior and the area degradation: the loss falls, fused_lr is the output's degradation."""
+  from dfp_jax import resample  # pylint: disable=g-import-not-at-top
+  cfg = CFG.replace(prior=prior, degradation=degradation, iters=30, mask_iters=0, stop='fixed', lr=1e-2,
+                    deep_decoder=models.DeepDecoderConfig(channels=8, levels=3))
+  a, b = _pair(32, 32)
+  r = dfp_jax.fuse([a, b], config=cfg, progress=None)
+  chex.assert_shape(r.fused, (64, 64, 3))
+  loss = r.history['main']['total']
+  assert loss[-5:].mean() < loss[:5].mean()
+  np.testing.assert_allclose(r.fused_lr, np.asarray(resample.downsample(r.fused, 2, degradation)), atol=1e-6)

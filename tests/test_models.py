@@ -360,3 +360,45 @@ class JitTest(chex.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every prior (models.PRIORS) through the same contract.
+
+TINY_PRIORS = {'skipnet': TINY, 'deep_decoder': models.DeepDecoderConfig(channels=6, levels=2)}
+
+
+@pytest.mark.parametrize('name', models.PRIORS)
+def test_every_prior_meets_the_contract(name):
+  """z [H, W, C_in] -> [H, W, C] in (0, 1) for any size from its minimum (odd sizes too); jitted ==
+  eager; vmapped over scenes == a loop; deterministic from the key; depth and memory stated."""
+  cfg = TINY_PRIORS[name]
+  assert set(TINY_PRIORS) == set(models.PRIORS)
+  net = cfg.build(3)
+  m = 2 ** cfg.depth
+  for h, w in ((m, m), (m + 3, 2 * m + 1)):
+    z = jax.random.uniform(jax.random.key(1), (h, w, 5))
+    params = net.init(jax.random.key(0), z)
+    out = net.apply(params, z)
+    chex.assert_shape(out, (h, w, 3))
+    assert float(out.min()) > 0 and float(out.max()) < 1
+    chex.assert_trees_all_close(jax.jit(net.apply)(params, z), out, atol=1e-6)
+    chex.assert_trees_all_equal(net.apply(net.init(jax.random.key(0), z), z), out)
+  zs = jax.random.uniform(jax.random.key(2), (3, m, m, 5))
+  ps = jax.vmap(lambda k, zz: net.init(k, zz))(jax.random.split(jax.random.key(3), 3), zs)
+  batched = jax.vmap(net.apply)(ps, zs)
+  for i in range(3):
+    chex.assert_trees_all_close(batched[i], net.apply(jax.tree.map(lambda x: x[i], ps), zs[i]), atol=1e-6)
+  assert cfg.feature_channels_per_pixel() > 0
+  with pytest.raises(ValueError, match='smaller than'):
+    net.init(jax.random.key(0), jnp.zeros((m - 1, m, 5)))
+
+
+def test_deep_decoder_is_small_and_its_head_is_named_for_the_output_base():
+  cfg = models.DeepDecoderConfig(channels=64, levels=5)
+  params = cfg.build(3).init(jax.random.key(0), jnp.zeros((64, 64, 3)))
+  # Per block a 1x1 convolution (k (k_in + 1)) and a normalisation (2 k); the head 3 (k + 1).
+  k = 64
+  want = (3 * k + k) + 4 * (k * k + k) + 5 * 2 * k + (k * 3 + 3)
+  assert models.count_params(params) == want
+  assert 'head' in params['params']  # fusion's output_base scales it: the same name as SKIPnet's.

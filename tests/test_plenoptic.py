@@ -174,3 +174,15 @@ def test_bad_input_gives_one_clear_line(lf_folder, tmp_path, case, match):
   assert 'Traceback' not in r.stderr
   assert sorted(os.listdir(out)) == ['keep.txt', 'summary.json']  # Nothing written, nothing lost.
   assert sorted(os.listdir(lf_folder / 'views')) == before
+
+
+def test_fuse_light_field_with_the_deep_decoder_prior(lf_folder):
+  """The light-field pipeline as a call, with the second prior."""
+  from dfp_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from dfp_jax import lightfield, models  # pylint: disable=g-import-not-at-top
+  lf = lightfield.load_light_field(str(lf_folder / 'views'))
+  cfg = config_lib.FusionConfig(prior='deep_decoder', deep_decoder=models.DeepDecoderConfig(6, 2),
+                                mask_iters=0, iters=3, chunk_size=3, stop='fixed')
+  result, stack = lightfield.fuse_light_field(lf, cfg, lightfield.LightFieldConfig(num_planes=2))
+  assert result.fused.shape == (2 * SIZE, 2 * SIZE, 3) and stack.slices.shape == (2, SIZE, SIZE, 3)
+  assert len(stack.planes) == 2 and stack.how == 'auto'

@@ -194,3 +194,21 @@ def test_nearest_up2_matches_repeat(shape):
   out = np.asarray(resample.nearest_up2(jnp.asarray(x)))
   ref = np.repeat(np.repeat(x, 2, axis=-3), 2, axis=-2)
   np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize('s', [2, 4])
+def test_area_downsample_numpy_jnp_and_opencv_agree_and_its_gradient_is_the_adjoint(s):
+  rng = np.random.default_rng(s)
+  x = rng.random((5 * s - 1, 4 * s - 1, 3)).astype(np.float32)  # Leftover rows and columns dropped.
+  want = cv2.resize(x[:4 * s, :3 * s], (3, 4), interpolation=cv2.INTER_AREA)
+  np.testing.assert_allclose(resample.area_downsample(x, s), want, atol=1e-6)
+  got = resample.area_downsample(jnp.asarray(x), s)
+  assert isinstance(got, jax.Array)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(resample.downsample(jnp.asarray(x), s, 'area')), want, atol=1e-6)
+  # <D x, y> = <x, D^T y>: the vjp of the block mean spreads y / s^2 over each block.
+  y = rng.random((4, 3, 3)).astype(np.float32)
+  _, vjp = jax.vjp(lambda v: resample.area_downsample(v, s), jnp.asarray(x))
+  lhs = float(np.sum(want * y))
+  rhs = float(np.sum(np.asarray(vjp(jnp.asarray(y))[0]) * x))
+  assert abs(lhs - rhs) < 1e-4 * abs(lhs)

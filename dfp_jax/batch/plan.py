@@ -73,7 +73,8 @@ def probe_key(shape, config: FusionConfig, devices) -> str:
   devs = programs.devices_of(devices)
   return json.dumps([jax.__version__, devs[0].platform, devs[0].device_kind, len(devs), list(shape),
                      config.scale, config.compute_dtype, config.loop, config.cpu_conv, config.output_base,
-                     config.input_type, config.noise_channels, dataclasses.asdict(config.image_net)],
+                     config.input_type, config.noise_channels, config.prior, config.degradation,
+                     dataclasses.asdict(config.image_prior)],
                     default=list)
 
 
@@ -164,7 +165,7 @@ def measure_strategy(x, keys, config: FusionConfig, strategy: str, devices=None,
   idx = np.arange(g) % x.shape[0]
   xs = x[idx]
   split = jax.vmap(jax.random.split)(keys[idx])
-  maps = programs.decision_maps(xs, config.doublereblur)
+  maps = programs.decision_maps(xs, config.focus)
   state, problem = programs.place(
       optimize.call_one_off(programs.init_main, split[:, 1], xs, maps, config=config), mesh)
   stage = programs.group_stage(fusion.main_stage(config, c), mode, mesh)

@@ -113,8 +113,8 @@ def _sharded(fn, mesh: Mesh, terms_axis: int):
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def decision_maps(x, params):
-  return jax.vmap(focus.decision_maps, in_axes=(0, None))(x, params)
+def decision_maps(x, focus_config):
+  return jax.vmap(focus.decision_maps, in_axes=(0, None))(x, focus_config)
 
 
 @functools.partial(jax.jit, static_argnames='config')
@@ -135,7 +135,7 @@ def _embedded(states, config, num_inputs):
 @functools.partial(jax.jit, static_argnames=('config', 'channels'))
 def _final(states, config, channels):
   fused = jax.vmap(functools.partial(fusion.final_output, config=config, channels=channels))(states)
-  return fused, jax.vmap(lambda f: resample.lanczos2_downsample(f, config.scale))(fused)
+  return fused, jax.vmap(lambda f: resample.downsample(f, config.scale, config.degradation))(fused)
 
 
 def _at(value, i):
@@ -174,7 +174,7 @@ def fuse_group(x, keys, config: FusionConfig, mode: str, mesh: Mesh | None, cach
   t0 = time.perf_counter()
   split = jax.vmap(jax.random.split)(keys)
   k_mask, k_main = split[:, 0], split[:, 1]
-  raw = decision_maps(x, config.doublereblur)
+  raw = decision_maps(x, config.focus)
   maps = raw
   history, steps, timings = {}, {}, {}
   if config.mask_iters > 0:

@@ -194,7 +194,7 @@ def run_methods(scene: Scene, s: int, config, methods, upsamplers) -> dict:
       if name == 'average':
         fused = baselines.average_fusion(x)
       elif name == 'decision_map':
-        fused = baselines.decision_map_fusion(x, maps, config.doublereblur)
+        fused = baselines.decision_map_fusion(x, maps, config.focus)
       else:
         fused = baselines.laplacian_pyramid_fusion(x)
       if s == 1:
@@ -202,7 +202,7 @@ def run_methods(scene: Scene, s: int, config, methods, upsamplers) -> dict:
       for up in (upsamplers if s > 1 else ()):
         outs[f'{name}+{up}'] = np.asarray(baselines.upsample(fused, s, up))
     elif name == 'dip' and s > 1:
-      fused = np.asarray(baselines.decision_map_fusion(x, maps, config.doublereblur))
+      fused = np.asarray(baselines.decision_map_fusion(x, maps, config.focus))
       outs['dip'], _ = baselines.dip_superresolve(fused, config.replace(scale=s),
                                                key=jax.random.key(FLAGS.seed),
                                                iters=FLAGS.dip_iters or config.iters)

@@ -47,7 +47,7 @@ def scene_rows(spec: str, config: FusionConfig, checkpoints: list[int]):
   x = fusion.validate_images(lr, config)
   n, c = x.shape[0], x.shape[-1]
   k_mask, k_main = jax.random.split(jax.random.key(FLAGS.seed))  # As fusion.fuse splits its key.
-  raw = fusion.decision_maps_jit(x, config.doublereblur)
+  raw = fusion.decision_maps_jit(x, config.focus)
   raw0 = np.asarray(raw[0])
   stage = fusion.mask_stage(config, n)
   state, problem = optimize.call_one_off(fusion.init_mask_state, k_mask, x, raw, config=config)
