@@ -461,10 +461,21 @@ PAPERS_FOCUS = FocusConfig(measure='doublereblur', cleanup='regions',
                            doublereblur=DoubleReblurParams(rule='threshold'))
 
 
-def decision_index(images: jnp.ndarray, cfg: FocusConfig = FocusConfig()) -> jnp.ndarray:
+def restrict_to_valid(index: jnp.ndarray, valid: jnp.ndarray | None) -> jnp.ndarray:
+  """`index` [H, W] with every pixel whose chosen input does not cover it (valid [N, H, W] False there:
+  registration brought it in from outside that frame) given to the first input that does."""
+  if valid is None:
+    return index
+  covered = jnp.take_along_axis(valid, index[None], axis=0)[0]
+  return jnp.where(covered, index, jnp.argmax(valid, axis=0).astype(index.dtype))
+
+
+def decision_index(images: jnp.ndarray, cfg: FocusConfig = FocusConfig(),
+                   valid: jnp.ndarray | None = None) -> jnp.ndarray:
   """Which input each pixel takes, int32 [H, W], for N registered images [N, H, W, C] in [0, 1]: the
   argmax over the inputs of `cfg.measure` (ties to the lower index), or DoubleReblur's absolute
-  threshold for two inputs (rule 'threshold'), then `cfg.cleanup`."""
+  threshold for two inputs (rule 'threshold'), then `cfg.cleanup`. `valid` [N, H, W] (bool, optional):
+  where each input covers the image (after registration); an input is never chosen where it does not."""
   n = images.shape[0]
   if n < 2:
     raise ValueError(f'decision maps need at least 2 images, got {n}')
@@ -473,16 +484,20 @@ def decision_index(images: jnp.ndarray, cfg: FocusConfig = FocusConfig()) -> jnp
   if cfg.measure == 'doublereblur' and n == 2 and dr.rule == 'threshold':
     index = jnp.where(_response(lumas[0], lumas[1], dr) > dr.t, 0, 1).astype(jnp.int32)
   else:
-    index = jnp.argmax(MEASURES[cfg.measure](lumas, cfg), axis=0).astype(jnp.int32)
+    response = MEASURES[cfg.measure](lumas, cfg)
+    if valid is not None:
+      response = jnp.where(valid, response, -jnp.inf)
+    index = jnp.argmax(response, axis=0).astype(jnp.int32)
   if cfg.cleanup == 'regions' and n == 2:
     index = regions_cleanup(index, dr)
   elif cfg.cleanup == 'small_regions':
     h, w = index.shape
     index = remove_small_regions(index, n, int(np.ceil(cfg.min_region * h * w)))
-  return index
+  return restrict_to_valid(index, valid)
 
 
-def decision_maps(images: jnp.ndarray, cfg: FocusConfig = FocusConfig()) -> jnp.ndarray:
+def decision_maps(images: jnp.ndarray, cfg: FocusConfig = FocusConfig(),
+                  valid: jnp.ndarray | None = None) -> jnp.ndarray:
   """Decision maps [N, H, W] (float32, one-hot along N: they partition the image) for N registered
-  images [N, H, W, C] in [0, 1] (`decision_index`)."""
-  return jax.nn.one_hot(decision_index(images, cfg), images.shape[0], axis=0, dtype=jnp.float32)
+  images [N, H, W, C] in [0, 1] (`decision_index`; `valid` as there)."""
+  return jax.nn.one_hot(decision_index(images, cfg, valid), images.shape[0], axis=0, dtype=jnp.float32)

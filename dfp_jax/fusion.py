@@ -236,15 +236,16 @@ def initial_output_bias(params, images: jnp.ndarray, config: FusionConfig):
 
 
 @functools.partial(jax.jit, static_argnames='config')
-def init_main_state(key, images, maps, config: FusionConfig):
-  """(state, problem) of the fusion prior for one scene."""
+def init_main_state(key, images, maps, valid=None, *, config: FusionConfig):
+  """(state, problem) of the fusion prior for one scene (`valid` [N, H, W]: where each input covers the
+  image after registration; None: everywhere)."""
   k_z, k_init = jax.random.split(key)
   n, h, w, c = images.shape
   stage = main_stage(config, c)
   z = network_input(k_z, images, config)
   params = stage.net.lazy_init(k_init, jax.ShapeDtypeStruct(z.shape, z.dtype))  # No forward pass.
   problem = {'z': z, 'images': images, 'maps': maps,
-             'grad_target': losses.joint_gradient_target(images)}
+             'grad_target': losses.joint_gradient_target(images, valid)}
   if config.output_base == 'map_fusion':
     inner = dict(params['params'])
     inner['head'] = {'kernel': inner['head']['kernel'] * BASE_HEAD_SCALE,
@@ -265,21 +266,29 @@ def final_output(state: optimize.TrainState, config: FusionConfig, channels: int
   return jnp.clip(optimize.ema_output(main_stage(config, channels), state), 0.0, 1.0)
 
 
-decision_maps_jit = jax.jit(focus.decision_maps, static_argnums=1)
+decision_maps_jit = jax.jit(focus.decision_maps, static_argnums=1)  # (images, FocusConfig, valid)
 
 
 def decision_embedding(key, images: jnp.ndarray, raw_maps: jnp.ndarray, config: FusionConfig,
-                       progress: optimize.ProgressFn | None = None):
+                       progress: optimize.ProgressFn | None = None, valid=None):
   """The decision-embedding stage of one scene: (maps [N, H, W], optimize.StageReport), or the raw maps
   and None when config.mask_iters == 0. The maps are what the main stage's losses (and, with
-  output_base='map_fusion', its base) use."""
+  output_base='map_fusion', its base) use; with `valid`, no input is given pixels it does not cover."""
   if config.mask_iters == 0:
     return raw_maps, None
   stage = mask_stage(config, images.shape[0])
   state, problem = optimize.call_one_off(init_mask_state, key, images, raw_maps, config=config)
   state, report = optimize.run_stage(stage, state, problem, config.mask_iters, config.chunk_size,
                                      progress, loop=config.loop, stop=config.stop_rule('mask'))
-  return embedded_maps(state, config=config, num_inputs=images.shape[0]), report
+  maps = embedded_maps(state, config=config, num_inputs=images.shape[0])
+  return (maps if valid is None else restrict_maps(maps, valid)), report
+
+
+@jax.jit
+def restrict_maps(maps: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+  """One-hot maps [N, H, W] with each pixel an input does not cover given to one that does."""
+  index = focus.restrict_to_valid(jnp.argmax(maps, axis=0).astype(jnp.int32), valid)
+  return jax.nn.one_hot(index, maps.shape[0], axis=0, dtype=maps.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -294,35 +303,36 @@ class MainStart(NamedTuple):
   raw_maps: jnp.ndarray  # [N, H, W] DoubleReblur maps.
   maps: jnp.ndarray  # [N, H, W] maps after the decision embedding.
   history: dict  # {'mask': terms} when the embedding ran.
-  timings: dict  # doublereblur_s and the embedding's times.
+  timings: dict  # decision_maps_s and the embedding's times.
 
 
 def prepare_main_stage(key, x: jnp.ndarray, config: FusionConfig,
-                       progress: optimize.ProgressFn | None = optimize.log_progress) -> MainStart:
-  """The pipeline up to the main stage for validated inputs x [N, H, W, C]: DoubleReblur maps, the
+                       progress: optimize.ProgressFn | None = optimize.log_progress,
+                       valid=None, maps=None) -> MainStart:
+  """The pipeline up to the main stage for validated inputs x [N, H, W, C]: the decision maps, the
   decision embedding, the main stage's initial state (for scripts that drive the main stage window by
-  window; `fuse` continues with it)."""
+  window; `fuse` continues with it). `valid`, `maps`: as for `fuse`."""
   n, h, w, c = x.shape
   k_mask, k_main = jax.random.split(key)
   timings, history = {}, {}
   t0 = time.perf_counter()
-  raw_maps = decision_maps_jit(x, config.focus)
+  raw_maps = decision_maps_jit(x, config.focus, valid) if maps is None else jnp.asarray(maps, jnp.float32)
   raw_maps.block_until_ready()
-  timings['doublereblur_s'] = time.perf_counter() - t0
-  logging.info('DoubleReblur decision maps for %d inputs of %dx%d in %.1f s', n, h, w,
-               timings['doublereblur_s'])
-  maps, report = decision_embedding(k_mask, x, raw_maps, config, progress)
+  timings['decision_maps_s'] = time.perf_counter() - t0
+  logging.info('decision maps (%s) for %d inputs of %dx%d in %.1f s', config.focus.measure, n, h, w,
+               timings['decision_maps_s'])
+  maps, report = decision_embedding(k_mask, x, raw_maps, config, progress, valid)
   if report is not None:
     history['mask'] = report.history
     timings.update(mask_s=report.seconds, mask_compile_s=report.compile_seconds,
                    mask_steps_per_s=report.steps_per_second, mask_steps=report.steps)
-  state, problem = optimize.call_one_off(init_main_state, k_main, x, maps, config=config)
+  state, problem = optimize.call_one_off(init_main_state, k_main, x, maps, valid, config=config)
   return MainStart(main_stage(config, c), state, problem, raw_maps, maps, history, timings)
 
 
 def fuse(images, scale: int | None = None, config: FusionConfig = FusionConfig(), key=None,
          progress: optimize.ProgressFn | None = optimize.log_progress,
-         names: Sequence[str] | None = None) -> FusionResult:
+         names: Sequence[str] | None = None, valid=None, maps=None) -> FusionResult:
   """Fuses N >= 2 registered images of one scene into one all-in-focus image at `scale` x their size.
 
   Args:
@@ -333,6 +343,11 @@ def fuse(images, scale: int | None = None, config: FusionConfig = FusionConfig()
       bit-identical results.
     progress: called between chunks with (stage, done, total, elapsed_s, terms); None for silence.
     names: optional names of the inputs (file paths) used in error messages.
+    valid: optional [N, H, W] bool, where each input covers the image (`align.register_stack`'s masks):
+      an input is neither chosen by the decision maps nor counted by the joint-gradient target where it
+      does not (the pixels come from the inputs that do). None: every input covers the whole image.
+    maps: optional [N, H, W] decision maps to use instead of computing them (a tile of a large image
+      gets its crop of the whole image's maps: `tiles.fuse_tiles`).
 
   Returns:
     A FusionResult (NumPy arrays).
@@ -344,7 +359,9 @@ def fuse(images, scale: int | None = None, config: FusionConfig = FusionConfig()
   x = validate_images(list(images), config, names)  # [N, H, W, C]
   c = x.shape[-1]
   t0 = time.perf_counter()
-  start = prepare_main_stage(key, x, config, progress)
+  if valid is not None:
+    valid = jnp.asarray(np.asarray(valid, bool))
+  start = prepare_main_stage(key, x, config, progress, valid, maps)
   stage, state, problem = start.stage, start.state, start.problem
   raw_maps, maps, history, timings = start.raw_maps, start.maps, start.history, start.timings
   state, report = optimize.run_stage(stage, state, problem, config.iters, config.chunk_size, progress,

@@ -32,9 +32,14 @@ class LossWeights:
   content: tuple | None = None  # Per-input lambda_i; None = all ones.
 
 
-def joint_gradient_target(images: jnp.ndarray) -> jnp.ndarray:
-  """max_i |Lap(Y(X_i))| over N inputs [N, H, W, C]; returns [H, W]."""
-  return jnp.max(jnp.abs(filters.laplacian(filters.luma(images))), axis=0)
+def joint_gradient_target(images: jnp.ndarray, valid: jnp.ndarray | None = None) -> jnp.ndarray:
+  """max_i |Lap(Y(X_i))| over N inputs [N, H, W, C]; returns [H, W]. With `valid` [N, H, W] (where each
+  input covers the image after registration) only inputs covering a pixel and its 4 neighbours count
+  (the Laplacian there would see the edge of the resampled frame)."""
+  lap = jnp.abs(filters.laplacian(filters.luma(images)))
+  if valid is not None:
+    lap = jnp.where(filters.erode(valid.astype(jnp.uint8), 3) > 0, lap, 0.0)
+  return jnp.max(lap, axis=0)
 
 
 def content_loss(output_lr: jnp.ndarray, images: jnp.ndarray, maps: jnp.ndarray,

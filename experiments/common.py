@@ -5,7 +5,9 @@ compilation cache), the `--scenes` / `--regions` / `--lightfield` flag parsers, 
 ground-truth case (views -> `lightfield.make_focal_stack` -> `resample.area_downsample` by the scale;
 the centre view is the all-in-focus truth), PSNR against that truth, the main stage's starting point
 for scripts that drive it window by window, a private compilation cache and the peak-memory probe for
-timings, and the per-pixel oracles of `studies/x1_ceiling.py`.
+timings, the authors' PyTorch step timed in the same run as ours (`Authors`, through
+`../shared/tools/ref_step_bench.py`) for side-by-side figures, and the per-pixel oracles of
+`studies/x1_ceiling.py`.
 
 Flag-free at import (tests import it); scripts call `define_flags()` and the other `define_*`
 helpers at module level. Scripts run as modules from the repository root:
@@ -15,12 +17,15 @@ helpers at module level. Scripts run as modules from the repository root:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from typing import NamedTuple
 
 from absl import app
@@ -209,6 +214,109 @@ def peak_rss_bytes() -> int:
   """This process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return int(rss) if sys.platform == 'darwin' else int(rss) * 1024
+
+
+# ---------------------------------------------------------------------------------------------------
+# The authors' PyTorch step, measured in the same run as ours (`../shared/tools/ref_step_bench.py`: their
+# own `net/` and losses from a snapshot of their repository kept outside the project, in a torch venv).
+
+AUTHORS_BENCH = os.path.join(os.path.dirname(ROOT), 'shared', 'tools', 'ref_step_bench.py')
+NOT_MEASURED = ("The authors' step was NOT measured in this run (no --authors_python / --authors_repo): "
+                'dfp_jax only, no comparison with the authors\' code.')
+
+
+def define_authors_flags() -> None:
+  """--authors_python, --authors_repo, --authors_bench, --threads: how to run the authors' step."""
+  flags.DEFINE_string('authors_python', None, "Python of a torch venv that runs the authors' step "
+                      '(with --authors_repo); without both, their step is not measured and the output '
+                      'says so.')
+  flags.DEFINE_string('authors_repo', None, "The authors' repository (a git dir or checkout of "
+                      'GuYuanjie/DeepFusionPrior) outside the project: the MIRROR of --authors_bench.')
+  flags.DEFINE_string('authors_bench', AUTHORS_BENCH, "The script that times the authors' step "
+                      "(it prints one JSON line per stage and HR size).")
+  flags.DEFINE_integer('threads', 2, "torch threads of the authors' step (torch.set_num_threads); ours "
+                       "runs with XLA's own thread pool (reported).")
+
+
+class AuthorsRun(NamedTuple):
+  """One run of the authors' bench: its rows {(stage, hr): row} (a failed row has 'error' instead of the
+  timings), its '#' header lines, and the load average (1, 5, 15 min) before and after it."""
+  rows: dict
+  header: list
+  loadavg_before: tuple
+  loadavg_after: tuple
+  seconds: float
+
+
+class Authors(NamedTuple):
+  """How to run the authors' step (`authors_from_flags`)."""
+  python: str
+  repo: str
+  bench: str
+  threads: int
+
+  def describe(self) -> dict:
+    return {'python': self.python, 'repo': self.repo, 'bench': self.bench, 'threads': self.threads}
+
+  def step(self, hr_sizes, stages=('main', 'mask'), reps: int = 10, warmup: int | None = None) -> AuthorsRun:
+    """Times their steps at the HR sizes (their mask stage at HR / 2) in a child process. Raises
+    RuntimeError if it fails or leaves out a row asked for."""
+    cmd = [self.python, self.bench, '--sizes', *map(str, hr_sizes), '--stages', ','.join(stages),
+           '--reps', str(reps), '--threads', str(self.threads)]
+    if warmup is not None:
+      cmd += ['--warmup', str(warmup)]
+    tmp = tempfile.mkdtemp(prefix='dfp_authors_')  # Their code is extracted here; removed after.
+    before = os.getloadavg()
+    t0 = time.perf_counter()
+    try:
+      r = subprocess.run(cmd, env=dict(os.environ, MIRROR=self.repo, TMPDIR=tmp), capture_output=True,
+                         text=True, check=False)
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+    seconds, after = time.perf_counter() - t0, os.getloadavg()
+    if r.returncode != 0:
+      raise RuntimeError(f"the authors' step failed ({' '.join(cmd)}, exit {r.returncode}): "
+                         f'{(r.stderr or r.stdout).strip()[-2000:]}')
+    lines = r.stdout.splitlines()
+    rows = {}
+    for line in lines:
+      if line.startswith('{'):
+        row = json.loads(line)
+        rows[(row['stage'], int(row['hr']))] = row
+    missing = [(s, h) for h in hr_sizes for s in stages if (s, int(h)) not in rows]
+    if missing:
+      raise RuntimeError(f"the authors' step printed no row for {missing} ({' '.join(cmd)}): "
+                         f'{r.stdout.strip()[-2000:]}')
+    return AuthorsRun(rows, [l for l in lines if l.startswith('#')], before, after, seconds)
+
+
+def authors_from_flags() -> Authors | None:
+  """The authors' step as the flags (`define_authors_flags`) give it, or None without them."""
+  python, repo = FLAGS.authors_python, FLAGS.authors_repo
+  if not python and not repo:
+    return None
+  if not (python and repo):
+    raise app.UsageError('--authors_python and --authors_repo go together')
+  for flag, path in (('authors_python', python), ('authors_repo', repo),
+                     ('authors_bench', FLAGS.authors_bench)):
+    if not os.path.exists(path):
+      raise app.UsageError(f'--{flag}: {path} does not exist')
+  return Authors(python, repo, FLAGS.authors_bench, FLAGS.threads)
+
+
+def xla_threads() -> dict:
+  """What XLA:CPU runs our step with: its intra-op thread pool has one thread per core this process may
+  use (XLA's default; XLA_FLAGS may change it)."""
+  return {'cores_available': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+          else os.cpu_count(), 'cores_machine': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', '')}
+
+
+def spread(values) -> dict:
+  """Median, min, max and (max - min) / median of per-round figures."""
+  v = [float(x) for x in values]
+  med = float(np.median(v))
+  return {'median': med, 'min': min(v), 'max': max(v), 'rounds': v,
+          'spread': (max(v) - min(v)) / med if med else float('nan')}
 
 
 # ---------------------------------------------------------------------------------------------------

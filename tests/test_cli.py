@@ -56,7 +56,7 @@ def test_tiny_flagfile_writes_every_output_16bit(tmp_path):
   assert set(s['final_loss']) == {'mask', 'main'}
   assert set(s['final_loss']['main']) == {'total', 'content', 'joint_grad', 'grad_limit'}
   assert s['iterations_per_second']['main'] > 0 and s['backend'] == 'cpu'
-  assert {'main_s', 'mask_s', 'doublereblur_s', 'total_s'} <= set(s['timings_s'])
+  assert {'main_s', 'mask_s', 'decision_maps_s', 'total_s'} <= set(s['timings_s'])
   assert 'jax' in s['versions'] and 'flax' in s['versions']
   assert 'compiling' in r.stderr and 'ETA' in r.stderr  # Progress is shown.
   assert sorted(os.listdir(tmp_path)) == sorted(['A16.png', 'B16.png', 'out', 'tiny.flags'])
@@ -118,8 +118,8 @@ def files(tmp_path_factory):
     ('argmax_sigma', 'DoubleReblur argmax sigma must be a finite number >= 0, got -1.0'),
     ('outdir_slash', 'exists and is not a folder'),
     ('empty_entry', 'input 2 of 3 is an empty path'),
-    ('memory', 'huge.png: 30000x30000 at x1 needs about'),
-    ('giant', 'giant.png: 60000x60000 at x2 needs about'),
+    ('memory', 'huge.png: 30000x30000 at x1: the decoded inputs and the output alone need about'),
+    ('giant', 'giant.png: 60000x60000 at x2: the decoded inputs and the output alone need about'),
     ('flat', 'the inputs carry no focus information'),
     ('fifo', 'pipe.png: is a FIFO (named pipe), not an image file'),
     ('binary_flagfile', 'binary.flags: not a text file of --flag=value lines'),

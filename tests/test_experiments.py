@@ -1,7 +1,8 @@
 """The scripts of experiments/, run as modules from the repository root as a user runs them:
 `benchmarks.benchmark` end to end on a tiny dataset (layout of results.json, results.md, images,
 external (lossy) results, the JPEG round trip, resume), `benchmarks.benchmark_gt` and
-`studies.x1_ceiling` on synthetic light fields, `benchmarks.bench_step`, `benchmarks.plot_curves`,
+`studies.x1_ceiling` on synthetic light fields, `benchmarks.bench_step`, `benchmarks.bench_vs_authors` and
+`benchmarks.bench_scene` against a stand-in for the authors' step, `benchmarks.plot_curves`,
 `studies.robustness_table`, and the oracles of `experiments.common`."""
 
 import json
@@ -160,6 +161,152 @@ def test_bench_step_writes_a_list_of_rows_with_issue_6_keys(tmp_path):
   assert row['compile_cache_hit'] is True  # The cached compile really read the program back.
   assert row['backend'] == 'cpu' and 'jax' in row['versions'] and row['process_peak_rss_bytes'] > 2**20
   assert '| 32 | x2 | mask |' in r.stdout
+
+
+# A stand-in for ../shared/tools/ref_step_bench.py (the authors' PyTorch step; no torch needed): the
+# same command line and JSON lines. Call n (counted in the MIRROR folder) reports main 0.1 (n + 1) and
+# mask 0.05 (n + 1) s/step, or a failed mask row if MIRROR/mask_fails exists.
+FAKE_AUTHORS_BENCH = """
+import argparse, json, os
+ap = argparse.ArgumentParser()
+ap.add_argument('--sizes', type=int, nargs='+')
+ap.add_argument('--stages')
+ap.add_argument('--reps', type=int)
+ap.add_argument('--warmup', type=int, default=3)
+ap.add_argument('--threads', type=int, default=2)
+a = ap.parse_args()
+repo = os.environ['MIRROR']
+calls = os.path.join(repo, 'calls.jsonl')
+n = len(open(calls).read().splitlines()) if os.path.exists(calls) else 0
+with open(calls, 'a') as f:
+  f.write(json.dumps(dict(vars(a), tmpdir=os.environ['TMPDIR'])) + '\\n')
+print(f'# torch fake threads={a.threads}')
+for hr in a.sizes:
+  for stage in a.stages.split(','):
+    row = {'stage': stage, 'hr': hr, 'net_size': hr if stage == 'main' else hr // 2,
+           'params': 1550755 if stage == 'main' else 3089938}
+    if stage == 'mask' and os.path.exists(os.path.join(repo, 'mask_fails')):
+      row['error'] = 'fake: mask fails'
+    else:
+      t = (0.1 if stage == 'main' else 0.05) * (n + 1)
+      row.update(median_s=t, min_s=t, mean_s=t, reps=a.reps)
+    print(json.dumps(row))
+print('| a table |')
+"""
+
+
+def _fake_authors(tmp_path, mask_fails=False):
+  """(flags that run FAKE_AUTHORS_BENCH as the authors' step, a function returning its calls)."""
+  repo = tmp_path / 'authors_repo'
+  repo.mkdir()
+  if mask_fails:
+    (repo / 'mask_fails').write_text('')
+  bench = tmp_path / 'fake_ref_step_bench.py'
+  bench.write_text(FAKE_AUTHORS_BENCH)
+  calls = lambda: [json.loads(l) for l in (repo / 'calls.jsonl').read_text().splitlines()]
+  return [f'--authors_python={sys.executable}', f'--authors_repo={repo}', f'--authors_bench={bench}'], calls
+
+
+def _bench(name, args, timeout=300):
+  return subprocess.run(_module(f'benchmarks.{name}') + args, cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+TINY_NETS = ['--channels=4,8', '--skip_channels=2,2', '--mask_skip_channels=0,2', '--kernel_size=3',
+             '--jax_disable_most_optimizations']
+
+
+def test_bench_vs_authors_ratio_of_medians_over_rounds_with_a_fake_authors_step(tmp_path):
+  """Three rounds against the stand-in: the authors' main step is 0.1, 0.2, 0.3 s in rounds 0-2, so its
+  median is 0.2 s and the ratio 0.2 / the median of our rounds; their failed mask row has no ratio; our
+  cheaper prior is its own row, outside the ratio; our tiny network is flagged as not theirs."""
+  authors, calls = _fake_authors(tmp_path, mask_fails=True)
+  out = tmp_path / 'vs.json'
+  r = _bench('bench_vs_authors', authors + [
+      '--hr_sizes=32', '--rounds=3', '--reps=1', '--warmup=1', '--threads=3', '--prior=deep_decoder',
+      f'--json={out}'] + TINY_NETS)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert [(c['sizes'], c['stages'], c['reps'], c['warmup'], c['threads']) for c in calls()] == [
+      ([32], 'main,mask', 1, 1, 3)] * 3
+  assert not any(os.path.exists(c['tmpdir']) for c in calls())  # Their extraction folder, removed.
+  d = json.loads(out.read_text())
+  assert d['authors_measured'] and d['authors']['threads'] == 3 and d['authors']['header'] == [
+      '# torch fake threads=3']
+  assert d['ours']['threads']['cores_available'] >= 1 and d['ours']['config']['prior'] == 'deep_decoder'
+  assert [(e['round'], e['side']) for e in d['round_log']] == [
+      (k, side) for k in range(3) for side in ('authors', 'ours')]
+  assert all(len(e['loadavg_before']) == 3 and len(e['loadavg_after']) == 3 for e in d['round_log'])
+  rows = {(row['stage'], row['prior']): row for row in d['rows']}
+  assert set(rows) == {('main', 'skipnet'), ('main', 'deep_decoder'), ('mask', 'skipnet')}
+  main = rows[('main', 'skipnet')]
+  assert (main['hr'], main['lr'], main['in_ratio']) == (32, 16, True)
+  ours = main['ours']['rounds']
+  assert len(ours) == 3 and main['ours']['median'] == pytest.approx(np.median(ours))
+  assert main['authors']['rounds'] == pytest.approx([0.1, 0.2, 0.3]) and main['authors']['median'] == (
+      pytest.approx(0.2))
+  assert main['authors']['spread'] == pytest.approx(0.2 / 0.2)
+  assert main['ratio'] == pytest.approx(0.2 / np.median(ours))
+  assert main['ratio_rounds'] == pytest.approx([a / o for a, o in zip([0.1, 0.2, 0.3], ours)])
+  assert main['authors_params'] == 1550755 and main['same_network'] is False  # Tiny nets here.
+  assert main['ours_params'] == main['ours_row']['params'] < 10 ** 5
+  mask = rows[('mask', 'skipnet')]
+  assert mask['authors_error'] == 'fake: mask fails' and 'ratio' not in mask and mask['authors_nets'] == 2
+  assert 'two mask nets' in mask['note'] and mask['lr'] == 16
+  dd = rows[('main', 'deep_decoder')]
+  assert not dd['in_ratio'] and 'ratio' not in dd and 'authors' not in dd and 'own row' in dd['note']
+  assert dd['ours_skipnet_over_this'] == pytest.approx(main['ours']['median'] / dd['ours']['median'])
+  lines = r.stdout.splitlines()
+  row_line = next(l for l in lines if l.startswith('| main | 32 | 16 |'))
+  assert f"| **{main['ratio']:.2f}x** |" in row_line and '| 200.0 [100.0-300.0] |' in row_line
+  assert '| 1,550,755 / ' in row_line and 'NOT the same network' in row_line
+  assert any(l.startswith('| mask | 32 | 16 | fails: fake: mask fails |') for l in lines)
+  assert any(l.startswith('| main (deep_decoder) | 32 | 16 | - |') and 'not a ratio' in l for l in lines)
+  assert 'NOT measured' not in r.stdout
+
+
+def test_bench_vs_authors_without_the_authors_flags_says_their_step_was_not_measured(tmp_path):
+  out = tmp_path / 'vs.json'
+  r = _bench('bench_vs_authors', ['--hr_sizes=32', '--stages=main', '--rounds=1', '--reps=1', '--warmup=1',
+                                  f'--json={out}'] + TINY_NETS)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "The authors' step was NOT measured in this run" in r.stdout
+  assert any(l.startswith('| main | 32 | 16 | not measured |') for l in r.stdout.splitlines())
+  d = json.loads(out.read_text())
+  assert d['authors_measured'] is False and d['authors'] is None
+  assert [e['side'] for e in d['round_log']] == ['ours']
+  (row,) = d['rows']
+  assert 'ratio' not in row and 'authors' not in row and len(row['ours']['rounds']) == 1
+  # Half the authors' flags is a usage error, not a silent ours-only run.
+  r = _bench('bench_vs_authors', [f'--authors_python={sys.executable}', '--hr_sizes=32'])
+  assert r.returncode != 0 and '--authors_python and --authors_repo go together' in r.stderr
+
+
+def test_bench_scene_prices_the_authors_full_run_at_their_step_measured_before_and_after(lf_folder,
+                                                                                       tmp_path):
+  """The stand-in's steps are main 0.1 / mask 0.05 s before our timings and 0.2 / 0.1 s after: their
+  full run = 500 x 0.075 + 2000 x 0.15 = 337.5 s, against our warm and cold scene times (our decision
+  embedding off here: the pricing does not depend on it)."""
+  authors, calls = _fake_authors(tmp_path)
+  out = tmp_path / 'scene.json'
+  r = _bench('bench_scene', authors + [
+      f'--scenes=syn={lf_folder / "views"}@0:0:{SIZE}:{SIZE}', '--scale=2', '--authors_reps=2',
+      '--iters=2', '--mask_iters=0', '--chunk_size=2', '--stop_window=1', '--stop_min_iters=1',
+      f'--json={out}'] + TINY_NETS)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert [(c['sizes'], c['stages'], c['reps']) for c in calls()] == [([SIZE], 'main,mask', 2)] * 2
+  d = json.loads(out.read_text())
+  assert d['authors_measured'] and d['authors']['threads'] == 2
+  (res,) = d['results']
+  a = res['authors']
+  assert (a['hr'], a['square_of_equal_area'], a['mask_iters'], a['main_iters']) == (SIZE, False, 500, 2000)
+  assert a['t_main_runs'] == [0.1, 0.2] and a['t_mask_runs'] == [0.05, 0.1]
+  assert a['full_run_s'] == pytest.approx(337.5) and len(a['loadavg']) == 2
+  assert res['ratio_warm'] == pytest.approx(337.5 / res['auto_warm']['seconds'])
+  assert res['ratio_cold'] == pytest.approx(337.5 / res['auto_cold']['seconds'])
+  line = next(l for l in r.stdout.splitlines() if l.startswith('| syn |'))
+  assert f"| 338 (75.0 / 150.0) | **{res['ratio_warm']:.1f}x** | {res['ratio_cold']:.1f}x |" in line
+  assert 'NOT measured' not in r.stdout
 
 
 @pytest.fixture(scope='module')

@@ -773,3 +773,18 @@ def test_focus_config_rejects_unknown_names():
               dict(min_region=1.5)):
     with pytest.raises(ValueError):
       focus.FocusConfig(**bad)
+
+
+@pytest.mark.parametrize('cfg', [focus.FocusConfig(), focus.FocusConfig(measure='doublereblur', cleanup='regions'),
+                                 focus.FocusConfig(cleanup='small_regions')])
+def test_an_input_is_never_chosen_where_it_does_not_cover_the_image(cfg):
+  """After registration an input may not cover part of the reference grid (valid False there): the maps
+  give those pixels to an input that does, and change nothing else."""
+  images, stripe = _focal_stack(3, size=48)
+  valid = np.ones((3, 48, 48), bool)
+  valid[1, 10:30, :] = False  # Input 1 misses a band, across its own sharp stripe.
+  free = np.asarray(_maps_jit(jnp.asarray(images), cfg))
+  maps = np.asarray(jax.jit(focus.decision_maps, static_argnums=1)(jnp.asarray(images), cfg, jnp.asarray(valid)))
+  np.testing.assert_array_equal(maps.sum(0), 1.0)
+  assert not maps[1][~valid[1]].any()
+  np.testing.assert_array_equal(maps[:, valid[1]], free[:, valid[1]])  # Where all cover: as before.

@@ -177,3 +177,13 @@ def test_other_priors_and_degradations_fuse(prior, degradation):
   loss = r.history['main']['total']
   assert loss[-5:].mean() < loss[:5].mean()
   np.testing.assert_allclose(r.fused_lr, np.asarray(resample.downsample(r.fused, 2, degradation)), atol=1e-6)
+
+
+def test_fuse_takes_each_pixel_from_an_input_that_covers_it():
+  a, b = _pair(32, 32)
+  valid = np.ones((2, 32, 32), bool)
+  valid[1, :, 24:] = False  # B does not cover the right quarter (registration brought it in).
+  cfg = CFG.replace(scale=1, iters=2, stop='fixed', chunk_size=2)
+  r = dfp_jax.fuse([a, b], config=cfg, progress=None, valid=valid)
+  assert not r.decision_maps_raw[1][:, 24:].any() and not r.decision_maps[1][:, 24:].any()
+  np.testing.assert_array_equal(r.decision_maps.sum(0), 1.0)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from dfp_jax import filters
 from dfp_jax import losses
 
 # Compile time dominates these small tests on CPU (as in flax's imagenet tests).
@@ -202,3 +203,16 @@ def test_fusion_loss_jit_and_grad():
   g_hr, g_lr = jax.jit(jax.grad(f, argnums=(0, 1)))(out_hr, out_lr)
   chex.assert_tree_all_finite((g_hr, g_lr))
   chex.assert_equal_shape((g_hr, out_hr))
+
+
+def test_joint_gradient_target_counts_only_inputs_that_cover_a_pixel():
+  rng = np.random.default_rng(3)
+  images = jnp.asarray(rng.random((2, 12, 14, 3)).astype(np.float32))
+  valid = np.ones((2, 12, 14), bool)
+  valid[1, :, 7:] = False
+  full = np.asarray(losses.joint_gradient_target(images))
+  got = np.asarray(losses.joint_gradient_target(images, jnp.asarray(valid)))
+  lap0 = np.abs(np.asarray(filters.laplacian(filters.luma(images[0]))))
+  np.testing.assert_allclose(got[:, 8:], lap0[:, 8:], atol=1e-6)  # Input 1 out (and its seam, col 6-7).
+  np.testing.assert_allclose(got[:, :6], full[:, :6], atol=1e-6)  # Both in.
+  np.testing.assert_array_equal(np.asarray(losses.joint_gradient_target(images, jnp.ones((2, 12, 14), bool))), full)

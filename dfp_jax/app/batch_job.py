@@ -29,6 +29,7 @@ import time
 from absl import logging
 import jax
 
+from dfp_jax import align as align_lib
 from dfp_jax import batch
 from dfp_jax import errors
 from dfp_jax import fusion
@@ -40,6 +41,7 @@ from dfp_jax.app import manifest
 from dfp_jax.app import outputs
 from dfp_jax.app import runtime
 from dfp_jax.app.scene import JobArgs
+from dfp_jax.app.scene import register
 
 IGNORED_STEMS = ('gt',)
 POLL_S = 2.0  # How often a waiting process looks at the queue again.
@@ -54,6 +56,7 @@ class BatchArgs(JobArgs):
   coordinator_address: str | None = None
   num_processes: int = 1
   process_id: int = 0
+  align: align_lib.AlignConfig = align_lib.AlignConfig()
 
 
 def result_folder_kind(folder: str) -> str | None:
@@ -374,16 +377,17 @@ def _fuse_group(args, group, output_dir, cfg_sha, owner, programs, progress, kil
     try:
       images, infos = image_io.load_inputs(scene.paths, scene.headers)
       fusion.validate_images(images, config, [i.path for i in infos])
+      images, valid, alignment = register(images, infos, args.align)
     except errors.InputError as e:
       record(scene.name, manifest.entry('failed', error=str(e), inputs=scene.inputs_sha))
       logging.error('[batch] %s: %s', scene.name, e)
       continue
-    loaded.append((scene, images, infos))
+    loaded.append((scene, images, infos, valid, alignment))
   if not loaded:
     return
 
   def on_result(k, result):
-    scene, images, infos = loaded[k]
+    scene, images, infos, _, alignment = loaded[k]
     name = scene.name
     if isinstance(result, batch.BatchError):
       entry_ = manifest.entry('failed', error=result.message, inputs=scene.inputs_sha)
@@ -395,7 +399,8 @@ def _fuse_group(args, group, output_dir, cfg_sha, owner, programs, progress, kil
           summary = outputs.write_result(tmp, result, images, [os.path.basename(i.path) for i in infos],
                                          [i.to_dict() for i in infos], config,
                                          args.bit_depth([i.bit_depth for i in infos]),
-                                         summary_extra={'seed': args.seed, 'scene': name},
+                                         summary_extra={'seed': args.seed, 'scene': name,
+                                                        **({'alignment': alignment} if alignment else {})},
                                          shown_as=scene_dir)
           files = {os.path.join(name, rel): manifest.sha256_file(os.path.join(tmp, rel))
                    for rel in summary['output']['files']}
@@ -418,7 +423,8 @@ def _fuse_group(args, group, output_dir, cfg_sha, owner, programs, progress, kil
       os.kill(os.getpid(), signal.SIGKILL)
 
   _, report = batch.fuse_batch(
-      [images for _, images, _ in loaded], config, keys=[jax.random.key(args.seed)] * len(loaded),
+      [item[1] for item in loaded], config, keys=[jax.random.key(args.seed)] * len(loaded),
       strategy=args.strategy, max_scenes_per_step=args.max_scenes_per_step, on_result=on_result,
-      names=[s.name for s, _, _ in loaded], check_memory=args.check_memory, programs=programs)
+      names=[item[0].name for item in loaded], check_memory=args.check_memory, programs=programs,
+      valids=[item[3] for item in loaded])
   manifest.update(output_dir, {}, {'buckets': report.buckets})

@@ -13,8 +13,10 @@ from __future__ import annotations
 from absl import flags
 from absl import logging
 
+from dfp_jax import align
 from dfp_jax import config as config_lib
 from dfp_jax import lightfield
+from dfp_jax import tiles
 from dfp_jax.app import batch_job
 from dfp_jax.app import lightfield_job
 from dfp_jax.app import scene
@@ -25,7 +27,9 @@ FLAGS = flags.FLAGS
 # Sections of `--helpfull` and docs/cli.md: (title, flag names). Config flags not listed go to 'method'.
 SECTIONS = (
     ('inputs and outputs', ('inputs', 'input_dir', 'lightfield', 'output_dir', 'output_bit_depth')),
+    ('registration', tuple(s.name for s in config_lib.flag_specs(align.AlignConfig))),
     ('light field', tuple(s.name for s in config_lib.flag_specs(lightfield.LightFieldConfig))),
+    ('large images', tuple(s.name for s in config_lib.flag_specs(tiles.TileConfig))),
     ('method', ()),
     ('network', ('channels', 'skip_channels', 'mask_skip_channels', 'kernel_size', 'double_3x3',
                  'upsample', 'strided_conv')),
@@ -99,7 +103,8 @@ def define_flags(values: flags.FlagValues = FLAGS) -> None:
          'succeeds, and only if empty or a previous result of this tool).')
   define('enum', 'output_bit_depth', 'auto', 'Bit depth of fused.png and fused_lr.png; auto = 16 if any '
          'input has more than 8 bits (16-bit or float), else 8.', enum_values=['auto', '8', '16'])
-  define_config_flags((config_lib.FusionConfig, lightfield.LightFieldConfig), values)
+  define_config_flags((config_lib.FusionConfig, align.AlignConfig, lightfield.LightFieldConfig,
+                       tiles.TileConfig), values)
   define_runtime_flags(values)
   define('bool', 'check_memory', True, 'Refuse inputs whose estimated memory exceeds what is free.')
   define('enum', 'batch_strategy', 'auto', 'How scenes share the machine: vmap (one program over a group '
@@ -134,13 +139,18 @@ def lightfield_config(f=FLAGS) -> lightfield.LightFieldConfig:
   return lf_config
 
 
+def _config_of(cls, f):
+  return config_lib.from_flag_values({s.name: f[s.name].value for s in config_lib.flag_specs(cls)}, cls)
+
+
 def _common(f) -> dict:
   return dict(config=fusion_config(f), output_dir=f.output_dir, output_bit_depth=f.output_bit_depth,
               seed=f.seed, check_memory=f.check_memory)
 
 
 def scene_args(f=FLAGS) -> scene.SceneArgs:
-  return scene.SceneArgs(inputs=tuple(f.inputs), **_common(f))
+  return scene.SceneArgs(inputs=tuple(f.inputs), align=_config_of(align.AlignConfig, f),
+                         tiles=_config_of(tiles.TileConfig, f), **_common(f))
 
 
 def lightfield_args(f=FLAGS) -> lightfield_job.LightFieldArgs:
@@ -151,4 +161,4 @@ def batch_args(f=FLAGS) -> batch_job.BatchArgs:
   return batch_job.BatchArgs(input_dir=f.input_dir, strategy=f.batch_strategy,
                              max_scenes_per_step=f.max_scenes_per_step, resume=f.resume,
                              coordinator_address=f.coordinator_address, num_processes=f.num_processes,
-                             process_id=f.process_id, **_common(f))
+                             process_id=f.process_id, align=_config_of(align.AlignConfig, f), **_common(f))

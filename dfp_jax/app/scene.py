@@ -12,12 +12,15 @@ import os
 
 from absl import logging
 import jax
+import numpy as np
 
+from dfp_jax import align as align_lib
 from dfp_jax import errors
 from dfp_jax import fusion
 from dfp_jax import image_io
 from dfp_jax import memory
 from dfp_jax import output_folder
+from dfp_jax import tiles as tiles_lib
 from dfp_jax.app import outputs
 from dfp_jax.config import FusionConfig
 
@@ -41,6 +44,44 @@ class JobArgs:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SceneArgs(JobArgs):
   inputs: tuple = ()  # Paths of the N >= 2 input images.
+  align: align_lib.AlignConfig = align_lib.AlignConfig()
+  tiles: tiles_lib.TileConfig = tiles_lib.TileConfig()
+
+
+def plan(h: int, w: int, n: int, c: int, config, args) -> tiles_lib.TilePlan:
+  """Whole image, tiles or the x1 fast path, from the sizes alone (`tiles.plan_tiles`), logged."""
+  available = memory.available_memory() if args.check_memory else None
+  t = args.tiles
+  p = tiles_lib.plan_tiles(h, w, n, c, config, available, t.tile_size, t.tile_overlap, t.x1_fast_path)
+  if p.kind == 'tiles':
+    logging.info('%dx%d at x%d does not fit whole in %s: %d tiles of %dx%d', h, w, config.scale,
+                 errors.format_bytes(available) if available else 'the memory', p.count, p.tile, p.tile)
+  return p
+
+
+def fuse_planned(images, p: tiles_lib.TilePlan, config, seed: int, names, valid):
+  """`fusion.fuse`, or `tiles.fuse_tiles` for a plan other than 'whole'."""
+  key = jax.random.key(seed)
+  if p.kind == 'whole':
+    return fusion.fuse(images, config=config, key=key, names=names, valid=valid)
+  return tiles_lib.fuse_tiles(np.stack(images), p, config, key, valid, names=names)
+
+
+def register(images, infos, align: align_lib.AlignConfig):
+  """The inputs registered to the reference input (`align.align_inputs`): (images, valid masks [N, H, W]
+  or None when nothing was resampled, the summary.json entry or None with --align=off)."""
+  if align.mode == 'off':
+    return images, None, None
+  names = [os.path.basename(i.path) for i in infos]
+  reg = align_lib.align_inputs(images, align, [i.path for i in infos])
+  moved = [names[i] for i in np.flatnonzero(reg.warped)]
+  if reg.skipped:
+    logging.warning('not registered: %s; taken as aligned (--align=on tries anyway)', reg.skipped)
+  if moved:
+    logging.info('aligned to %s: %s resampled (largest motion %.2f px)', names[reg.reference],
+                 ', '.join(moved), float(reg.displacement_px.max()))
+  return ([reg.images[i] for i in range(len(images))], reg.masks if reg.warped.any() else None,
+          reg.summary(names))
 
 
 def check_commas(paths) -> None:
@@ -69,9 +110,11 @@ def run_scene(args: SceneArgs) -> int:
   short = fusion.size_shortfall(config, h, w)
   if short:
     raise errors.InputError(f'{headers[0].path}: {h}x{w} is too small: {short}')
-  mem = memory.estimate_memory(h, w, n, c, config)
-  if args.check_memory:
-    mem = memory.check_memory(h, w, n, c, config, name=headers[0].path)
+  try:
+    tile_plan = plan(h, w, n, c, config, args)
+  except errors.MemoryBudgetError as e:
+    raise errors.MemoryBudgetError(f'{headers[0].path}: {e}') from None
+  mem = memory.estimate_memory(*((h, w) if tile_plan.kind == 'whole' else (tile_plan.tile,) * 2), n, c, config)
   paths = [hd.path for hd in headers]
   images, infos = image_io.load_inputs(args.inputs, headers)
   fusion.validate_images(images, config, paths)
@@ -80,11 +123,14 @@ def run_scene(args: SceneArgs) -> int:
   logging.info('DFP: %d inputs of %dx%dx%d, x%d -> %dx%d; backend %s; estimated peak memory %.0f MiB',
                len(images), h, w, images[0].shape[2], config.scale, config.scale * h, config.scale * w,
                jax.default_backend(), mem['peak'] / 2 ** 20)
+  images, valid, alignment = register(images, infos, args.align)
   with output_folder.StagingDir(args.output_dir, protect=paths) as tmp:
-    result = fusion.fuse(images, config=config, key=jax.random.key(args.seed), names=paths)
+    result = fuse_planned(images, tile_plan, config, args.seed, paths, valid)
+    extra = {'seed': args.seed, 'memory_estimate_bytes': mem, 'plan': tile_plan._asdict()}
+    if alignment is not None:
+      extra['alignment'] = alignment
     outputs.write_result(tmp, result, images, [os.path.basename(p) for p in paths],
-                         [i.to_dict() for i in infos], config, bit_depth,
-                         summary_extra={'seed': args.seed, 'memory_estimate_bytes': mem},
+                         [i.to_dict() for i in infos], config, bit_depth, summary_extra=extra,
                          shown_as=args.output_dir)
   logging.info('done in %.1f s: results in %s', result.timings['total_s'],
                output_folder.resolve_output_dir(args.output_dir))

@@ -58,7 +58,8 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
                on_result: Callable[[int, Any], None] | None = None,
                names: Sequence[str] | None = None, probe_cache: str | None = '',
                check_memory: bool = True,
-               programs: programs_lib.ProgramCache | None = None) -> tuple[list, BatchReport]:
+               programs: programs_lib.ProgramCache | None = None,
+               valids: Sequence | None = None, maps: Sequence | None = None) -> tuple[list, BatchReport]:
   """Fuses many independent scenes; each result equals `fusion.fuse` of that scene alone.
 
   Args:
@@ -75,6 +76,9 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
     probe_cache: file remembering the 'auto' probe ('' = default location, None = do not remember).
     check_memory: refuse (as a failed scene) shapes whose single-scene estimate does not fit.
     programs: a ProgramCache shared between calls (default: a fresh one).
+    valids: optional per-scene [N, H, W] masks of where each input covers the scene (registration;
+      None for a scene whose inputs cover it whole), as `fusion.fuse`'s `valid`.
+    maps: optional per-scene [N, H, W] decision maps to use instead of computing them (`fuse`'s `maps`).
 
   Returns:
     (results, report): results[i] is a FusionResult or a BatchError for scene i.
@@ -96,7 +100,7 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
     if on_result is not None:
       on_result(i, value)
 
-  buckets, refused = plan.bucket_scenes(scenes, config, names)
+  buckets, refused = plan.bucket_scenes(scenes, config, names, valids, maps)
   for i, message in refused.items():
     finish(i, BatchError(message))
   cache = programs if programs is not None else programs_lib.ProgramCache()
@@ -111,6 +115,9 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
       continue
     members = list(zip(bucket.indices, bucket.x))
     x_all = bucket.x  # Host memory: groups go to the device one at a time.
+    v_all, m_all = bucket.valid, bucket.maps  # [S, N, H, W] or None.
+    mask_of = lambda k: None if v_all is None else v_all[k]  # pylint: disable=unnecessary-lambda-assignment
+    maps_of = lambda k: None if m_all is None else m_all[k]  # pylint: disable=unnecessary-lambda-assignment
     k_all = jnp.stack([keys[i] for i in bucket.indices])
     bp = plan.plan_bucket(bucket, k_all, config, strategy, min(fit, max_scenes_per_step or 10 ** 6), devs,
                           probe_cache)
@@ -124,7 +131,8 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
         i, x = part[0]
         try:
           res = fusion.fuse(list(x), config=config, key=keys[i], progress=progress,
-                            names=[f'{names[i]}: input {j}' for j in range(n)])
+                            names=[f'{names[i]}: input {j}' for j in range(n)], valid=mask_of(start),
+                            maps=maps_of(start))
         except (InputError, MemoryBudgetError, optimize.NonFiniteLossError) as e:
           finish(i, BatchError(f'{names[i]}: {e}'))
           continue
@@ -139,8 +147,9 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
       idx = [start + j for j in range(len(part))]
       idx += [idx[0]] * (g - len(part))  # Dummy copies fill the last group: no new compilation.
       try:
-        group_results = programs_lib.fuse_group(x_all[np.asarray(idx)], k_all[np.asarray(idx)], config, mode,
-                                                mesh, cache, progress)
+        group_results = programs_lib.fuse_group(
+            x_all[np.asarray(idx)], k_all[np.asarray(idx)], config, mode, mesh, cache, progress,
+            None if v_all is None else v_all[np.asarray(idx)], None if m_all is None else m_all[np.asarray(idx)])
       except Exception as e:  # pylint: disable=broad-except
         if not isinstance(e, optimize.NonFiniteLossError):
           if not _is_oom(e):
@@ -153,9 +162,10 @@ def fuse_batch(scenes: Sequence, config: FusionConfig = FusionConfig(), keys=Non
           finish(part[0][0], BatchError(f'{names[part[0][0]]}: {e}'))
           continue
         # Find which scene diverged: redo them one by one (rare).
-        for i, x in part:
+        for k, (i, x) in enumerate(part):
           try:
-            finish(i, fusion.fuse(list(x), config=config, key=keys[i], progress=progress), 'loop')
+            finish(i, fusion.fuse(list(x), config=config, key=keys[i], progress=progress,
+                                  valid=mask_of(start + k), maps=maps_of(start + k)), 'loop')
           except optimize.NonFiniteLossError as e1:
             finish(i, BatchError(f'{names[i]}: {e1}'))
         continue

@@ -196,13 +196,17 @@ class Bucket(NamedTuple):
   shape: tuple  # (N, H, W, C)
   indices: list  # Scene indices, in input order.
   x: np.ndarray  # [S, N, H, W, C]
+  valid: np.ndarray | None = None  # [S, N, H, W] where each input covers its scene (registration).
+  maps: np.ndarray | None = None  # [S, N, H, W] decision maps given by the caller (tiles).
 
 
-def bucket_scenes(scenes, config: FusionConfig, names) -> tuple[list[Bucket], dict]:
+def bucket_scenes(scenes, config: FusionConfig, names, valids=None, maps=None) -> tuple[list[Bucket], dict]:
   """Validates every scene and groups the valid ones by exact shape; returns (buckets, {scene index:
-  error message} for the invalid ones)."""
+  error message} for the invalid ones). `valids`, `maps`: optional per-scene [N, H, W] masks and
+  decision maps (or None)."""
   members: dict = collections.OrderedDict()
   refused = {}
+  valids = list(valids) if valids is not None else [None] * len(scenes)
   for i, images in enumerate(scenes):
     try:
       x = np.asarray(fusion.validate_images(list(images), config,
@@ -211,7 +215,14 @@ def bucket_scenes(scenes, config: FusionConfig, names) -> tuple[list[Bucket], di
       refused[i] = str(e)
       continue
     members.setdefault(tuple(x.shape), []).append((i, x))
-  return [Bucket(shape, [i for i, _ in m], np.stack([x for _, x in m])) for shape, m in members.items()], refused
+  buckets = []
+  for shape, m in members.items():
+    masks = [valids[i] for i, _ in m]
+    valid = None if all(v is None for v in masks) else np.stack(
+        [np.ones(shape[:3], bool) if v is None else np.asarray(v, bool) for v in masks])
+    given = None if maps is None else np.stack([np.asarray(maps[i], np.float32) for i, _ in m])
+    buckets.append(Bucket(shape, [i for i, _ in m], np.stack([x for _, x in m]), valid, given))
+  return buckets, refused
 
 
 @dataclasses.dataclass

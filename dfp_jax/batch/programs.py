@@ -113,8 +113,8 @@ def _sharded(fn, mesh: Mesh, terms_axis: int):
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def decision_maps(x, focus_config):
-  return jax.vmap(focus.decision_maps, in_axes=(0, None))(x, focus_config)
+def decision_maps(x, focus_config, valid=None):
+  return jax.vmap(lambda xi, vi: focus.decision_maps(xi, focus_config, vi))(x, valid)
 
 
 @functools.partial(jax.jit, static_argnames='config')
@@ -123,8 +123,8 @@ def init_mask(keys, x, raw, config):
 
 
 @functools.partial(jax.jit, static_argnames='config')
-def init_main(keys, x, maps, config):
-  return jax.vmap(functools.partial(fusion.init_main_state, config=config))(keys, x, maps)
+def init_main(keys, x, maps, valid=None, *, config):
+  return jax.vmap(functools.partial(fusion.init_main_state, config=config))(keys, x, maps, valid)
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'num_inputs'))
@@ -167,14 +167,17 @@ def place(tree, mesh: Mesh | None):
 
 
 def fuse_group(x, keys, config: FusionConfig, mode: str, mesh: Mesh | None, cache: ProgramCache,
-               progress) -> list[fusion.FusionResult]:
-  """x [G, N, H, W, C], keys [G] -> G FusionResults (the pipeline of `fusion.fuse`, vmapped)."""
+               progress, valid=None, maps=None) -> list[fusion.FusionResult]:
+  """x [G, N, H, W, C], keys [G] -> G FusionResults (the pipeline of `fusion.fuse`, vmapped; `valid`
+  [G, N, H, W] as `fuse`'s)."""
   g, n, h, w, c = x.shape
   shape_key = (g, n, h, w, c)
   t0 = time.perf_counter()
   split = jax.vmap(jax.random.split)(keys)
   k_mask, k_main = split[:, 0], split[:, 1]
-  raw = decision_maps(x, config.focus)
+  if valid is not None:
+    valid = jnp.asarray(valid, bool)
+  raw = decision_maps(x, config.focus, valid) if maps is None else jnp.asarray(maps, jnp.float32)
   maps = raw
   history, steps, timings = {}, {}, {}
   if config.mask_iters > 0:
@@ -183,13 +186,16 @@ def fuse_group(x, keys, config: FusionConfig, mode: str, mesh: Mesh | None, cach
     state, problem = place((state, dict(problem, active=jnp.ones(g, bool))), mesh)
     state, report = optimize.run_stage(stage, state, problem, config.mask_iters, config.chunk_size,
                                        progress, loop=config.loop, stop=config.stop_rule('mask'))
-    maps = np.asarray(jax.device_get(_embedded(state, config=config, num_inputs=n)))  # Small.
+    maps = _embedded(state, config=config, num_inputs=n)
+    if valid is not None:
+      maps = jax.vmap(fusion.restrict_maps)(maps, jax.device_put(valid, maps.sharding))
+    maps = np.asarray(jax.device_get(maps))  # Small.
     history['mask'] = report.history
     steps['mask'] = report.stopped_at
     timings.update(mask_s=report.seconds, mask_compile_s=report.compile_seconds,
                    mask_steps_per_s=report.steps_per_second, mask_steps=report.steps)
   stage = cache.get(fusion.main_stage(config, c), mode, mesh, shape_key)
-  state, problem = optimize.call_one_off(init_main, k_main, x, maps, config=config)
+  state, problem = optimize.call_one_off(init_main, k_main, x, maps, valid, config=config)
   state, problem = place((state, dict(problem, active=jnp.ones(g, bool))), mesh)
   state, report = optimize.run_stage(stage, state, problem, config.iters, config.chunk_size, progress,
                                      loop=config.loop, stop=config.stop_rule('main'))

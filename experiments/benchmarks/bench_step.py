@@ -20,6 +20,9 @@ program's peak) next to the library's up-front estimate, and the process's peak 
 
 The JSON (`--json`) is a list of rows, one per line of the table, each with the backend, device and
 library versions. Results and their commands: docs/benchmarks.md.
+
+No figure here is compared with the authors' code: `bench_vs_authors` times their PyTorch step and ours
+(this script's `step_runs` / `time_chunk`) side by side in one run.
 """
 
 from __future__ import annotations
@@ -36,24 +39,30 @@ import jax.numpy as jnp
 from dfp_jax import fusion
 from dfp_jax import image_io
 from dfp_jax import memory
+from dfp_jax import models
 from dfp_jax import optimize
 from dfp_jax.app import runtime
 from dfp_jax.config import FusionConfig
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('sizes', ['64', '128'], 'Low-resolution input sizes (square).')
-flags.DEFINE_list('scales', ['2'], 'Scales.')
-flags.DEFINE_list('stages', ['main', 'mask'], 'Stages: main, mask.')
-flags.DEFINE_list('loops', ['auto'], 'Loops to time: auto, python, scan.')
-flags.DEFINE_list('dtypes', ['float32'], 'Compute dtypes: float32, bfloat16.')
-flags.DEFINE_list('cpu_convs', ['eigen', 'ynnpack'], 'XLA:CPU convolution kernels to compare (see '
-                  'dfp-jax --cpu_conv), timed interleaved in the same process.')
-flags.DEFINE_list('strided_convs', ['space_to_depth', 'direct'], 'Stride-2 convolution forms to compare '
-                  '(see dfp-jax --strided_conv); every (cpu_conv, strided_conv) pair is timed.')
-flags.DEFINE_integer('steps', 20, 'Timed steps per row (after one warm-up chunk of the same length).')
-flags.DEFINE_integer('repeats', 3, 'Timed chunks per row; the median per-step time is reported.')
-flags.DEFINE_string('json', None, 'Write the rows as JSON here.')
+
+
+def define_flags():
+  """This script's flags (defined when it runs, so that other scripts import its timing functions
+  without them)."""
+  flags.DEFINE_list('sizes', ['64', '128'], 'Low-resolution input sizes (square).')
+  flags.DEFINE_list('scales', ['2'], 'Scales.')
+  flags.DEFINE_list('stages', ['main', 'mask'], 'Stages: main, mask.')
+  flags.DEFINE_list('loops', ['auto'], 'Loops to time: auto, python, scan.')
+  flags.DEFINE_list('dtypes', ['float32'], 'Compute dtypes: float32, bfloat16.')
+  flags.DEFINE_list('cpu_convs', ['eigen', 'ynnpack'], 'XLA:CPU convolution kernels to compare (see '
+                    'dfp-jax --cpu_conv), timed interleaved in the same process.')
+  flags.DEFINE_list('strided_convs', ['space_to_depth', 'direct'], 'Stride-2 convolution forms to compare '
+                    '(see dfp-jax --strided_conv); every (cpu_conv, strided_conv) pair is timed.')
+  flags.DEFINE_integer('steps', 20, 'Timed steps per row (after one warm-up chunk of the same length).')
+  flags.DEFINE_integer('repeats', 3, 'Timed chunks per row; the median per-step time is reported.')
+  flags.DEFINE_string('json', None, 'Write the rows as JSON here.')
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -68,19 +77,21 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
   return 2 * n ** 3 / np.median(ts) / 1e9
 
 
-def bench_rows(size, scale, stage_name, loop, dtype, variants, steps, repeats, cache):
-  """One row per (cpu_conv, strided_conv) variant, timed interleaved (A, B, C, A, B, C, ...) so that
-  a noisy, shared machine affects all of them alike. `cache`: (empty, hits) of the run's private
-  compilation cache (`common.private_compilation_cache`)."""
+def step_runs(size, scale, stage_name, loop, dtype, variants, steps, cache,
+              base: FusionConfig = FusionConfig(), warmup: int | None = None) -> list[dict]:
+  """The compiled step of one stage, one run per (cpu_conv, strided_conv) variant of `base` (the other
+  settings are `base`'s, e.g. its prior), warmed up with `warmup` steps (default `steps`) and ready for
+  `time_chunk`. `cache`: (empty, hits) of the run's private compilation cache
+  (`common.private_compilation_cache`). Inputs: two random images of size x size (LR), maps 1 / 0."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((2, size, size, 3)).astype(np.float32))
   m = jnp.stack([jnp.ones((size, size)), jnp.zeros((size, size))])
   loop = optimize.resolve_loop(loop)
   runs = []
   for conv, strided in variants:
-    cfg = FusionConfig(scale=scale, compute_dtype=dtype, cpu_conv=conv,
-                       image_net=dataclasses.replace(FusionConfig.image_net, strided_conv=strided),
-                       mask_net=dataclasses.replace(FusionConfig.mask_net, strided_conv=strided))
+    cfg = base.replace(scale=scale, compute_dtype=dtype, cpu_conv=conv,
+                       image_net=dataclasses.replace(base.image_net, strided_conv=strided),
+                       mask_net=dataclasses.replace(base.mask_net, strided_conv=strided))
     if stage_name == 'main':
       stage = fusion.main_stage(cfg, 3)
       state, problem = fusion.init_main_state(jax.random.key(0), x, m, config=cfg)
@@ -106,28 +117,47 @@ def bench_rows(size, scale, stage_name, loop, dtype, variants, steps, repeats, c
     est = memory.estimate_memory(size, size, 2, 3, cfg)[stage_name]
     run, chunk_compile_s = optimize.compile_chunk(stage, state, problem, steps, loop)
     compile_s = compile_s if loop == 'python' else chunk_compile_s
-    state, terms = run(state, problem, steps)  # Warm-up.
+    state, terms = run(state, problem, steps if warmup is None else warmup)  # Warm-up.
     jax.block_until_ready(terms)
-    runs.append(dict(conv=conv, strided=strided, run=run, state=state, problem=problem, flops=flops, xla_bytes=xla_bytes,
-                     est=est, compile_s=compile_s, compile_cached_s=compile_cached_s, cache_hit=cache_hit,
+    runs.append(dict(size=size, scale=scale, stage=stage_name, loop=loop, dtype=dtype, prior=cfg.prior,
+                     conv=conv, strided=strided, run=run, state=state, problem=problem, flops=flops,
+                     params=models.count_params(state.params), xla_bytes=xla_bytes, est=est,
+                     compile_s=compile_s, compile_cached_s=compile_cached_s, cache_hit=cache_hit,
                      per_step=[]))
+  return runs
+
+
+def time_chunk(run: dict, steps: int) -> float:
+  """Runs `steps` steps of a `step_runs` run and returns the seconds per step (also appended to
+  run['per_step'])."""
+  t = time.perf_counter()
+  run['state'], terms = run['run'](run['state'], run['problem'], steps)
+  jax.block_until_ready((run['state'], terms))
+  run['per_step'].append((time.perf_counter() - t) / steps)
+  return run['per_step'][-1]
+
+
+def run_row(r: dict) -> dict:
+  """The row of a timed `step_runs` run: step_s = the median of its chunks' seconds per step."""
+  step_s = float(np.median(r['per_step']))
+  return {'lr_size': r['size'], 'scale': r['scale'], 'stage': r['stage'], 'loop': r['loop'],
+          'dtype': r['dtype'], 'prior': r['prior'], 'cpu_conv': r['conv'], 'strided_conv': r['strided'],
+          'output_size': r['size'] * r['scale'] if r['stage'] == 'main' else r['size'],
+          'params': r['params'], 'step_s': step_s, 'step_s_all': r['per_step'], 'gflops': r['flops'] / 1e9,
+          'gflops_per_s': r['flops'] / 1e9 / step_s, 'compile_s': r['compile_s'],
+          'compile_cached_s': r['compile_cached_s'], 'compile_cache_hit': r['cache_hit'],
+          'xla_memory_bytes': r['xla_bytes'], 'estimated_memory_bytes': r['est'],
+          'process_peak_rss_bytes': common.peak_rss_bytes()}
+
+
+def bench_rows(size, scale, stage_name, loop, dtype, variants, steps, repeats, cache):
+  """One row per (cpu_conv, strided_conv) variant of FusionConfig's defaults, timed interleaved
+  (A, B, C, A, B, C, ...) so that a noisy, shared machine affects all of them alike."""
+  runs = step_runs(size, scale, stage_name, loop, dtype, variants, steps, cache)
   for _ in range(repeats):
     for r in runs:
-      t = time.perf_counter()
-      r['state'], terms = r['run'](r['state'], r['problem'], steps)
-      jax.block_until_ready((r['state'], terms))
-      r['per_step'].append((time.perf_counter() - t) / steps)
-  rows = []
-  for r in runs:
-    step_s = float(np.median(r['per_step']))
-    rows.append({'lr_size': size, 'scale': scale, 'stage': stage_name, 'loop': loop, 'dtype': dtype,
-                 'cpu_conv': r['conv'], 'strided_conv': r['strided'], 'output_size': size * scale if stage_name == 'main' else size,
-                 'step_s': step_s, 'step_s_all': r['per_step'], 'gflops': r['flops'] / 1e9,
-                 'gflops_per_s': r['flops'] / 1e9 / step_s, 'compile_s': r['compile_s'],
-                 'compile_cached_s': r['compile_cached_s'], 'compile_cache_hit': r['cache_hit'],
-                 'xla_memory_bytes': r['xla_bytes'], 'estimated_memory_bytes': r['est'],
-                 'process_peak_rss_bytes': common.peak_rss_bytes()})
-  return rows
+      time_chunk(r, steps)
+  return [run_row(r) for r in runs]
 
 
 def main(argv):
@@ -189,5 +219,6 @@ def report(rows: list):
 
 
 if __name__ == '__main__':
+  define_flags()
   jax.config.parse_flags_with_absl()
   app.run(main)
