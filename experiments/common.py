@@ -17,6 +17,8 @@ helpers at module level. Scripts run as modules from the repository root:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -30,6 +32,7 @@ from typing import NamedTuple
 
 from absl import app
 from absl import flags
+from absl import logging
 import cv2
 import jax
 import jax.numpy as jnp
@@ -154,6 +157,64 @@ def scene_case(spec: str, scale: int) -> tuple[str, Case]:
   """A --scenes item as (name, two-slice `Case` at `scale`)."""
   name, folder, crop = parse_scene(spec)
   return name, gt_case(folder, crop, scale)
+
+
+class Stacks:
+  """(slices [N, S, S, C], truth [S, S, C], planes) per (scene, region, aperture, N): from
+  <bench_dir>/stacks/*.npz, else made (the light field is loaded once per scene and region)."""
+
+  def __init__(self, folder: str, size: int):
+    self.folder, self.size = folder, size
+    self._lf_key, self._lf = None, None
+
+  def path(self, scene, src, region, ap_label, ap, n) -> str:
+    lfc = lightfield.LightFieldConfig(num_planes=n, aperture=ap)
+    ident = json.dumps([os.path.abspath(src), region, self.size, dataclasses.asdict(lfc),
+                        lightfield.SHIFT_METHOD], default=str)
+    h = hashlib.sha256(ident.encode()).hexdigest()[:10]
+    return os.path.join(self.folder, f'{scene}_{region[0]}_{region[1]}_{self.size}_a{ap_label}_n{n}_{h}.npz')
+
+  def get(self, scene, src, region, ap_label, ap, n):
+    path = self.path(scene, src, region, ap_label, ap, n)
+    if os.path.exists(path):
+      with np.load(path) as z:
+        return z['slices'], z['gt'], z['planes']
+    if self._lf_key != (src, region):
+      self._lf = lightfield.load_light_field(src, crop=(region[0], region[1], self.size, self.size))
+      self._lf_key = (src, region)
+    t0 = time.perf_counter()
+    stack = lightfield.make_focal_stack(self._lf, lightfield.LightFieldConfig(num_planes=n, aperture=ap))
+    gt = np.asarray(self._lf.center_view, np.float32)
+    logging.info('focal stack %s %d:%d a=%s N=%d: planes %s (%.1f s)', scene, region[0], region[1], ap_label,
+                 n, np.round(stack.planes, 3).tolist(), time.perf_counter() - t0)
+    os.makedirs(self.folder, exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'wb') as f:
+      np.savez(f, slices=stack.slices.astype(np.float32), gt=gt, planes=stack.planes)
+    os.replace(tmp, path)
+    return stack.slices.astype(np.float32), gt, stack.planes
+
+
+SEAM_PX = 8  # Issue 23: "the RMS error within 8 px of tile borders".
+
+
+def seam_ratio(err2: np.ndarray, plan, scale: int, px: int = SEAM_PX) -> float:
+  """RMS error within `px` output pixels of an inner tile border (a `tiles.TilePlan` at `scale`) over
+  the RMS error elsewhere; err2 [H, W, C] is the squared error of the output."""
+  h, w = err2.shape[:2]
+  near = np.zeros((h, w), bool)
+  t = plan.tile * scale
+  for starts, axis in ((plan.starts_y, 0), (plan.starts_x, 1)):
+    for s0 in starts:
+      for edge in (s0 * scale, s0 * scale + t):
+        if 0 < edge < (h if axis == 0 else w):
+          sl = slice(max(0, edge - px), edge + px)
+          if axis == 0:
+            near[sl, :] = True
+          else:
+            near[:, sl] = True
+  e = err2.mean(axis=-1)
+  return float(np.sqrt(e[near].mean() / e[~near].mean()))
 
 
 def psnr(image, gt) -> float:
@@ -346,6 +407,14 @@ def laplacian_selection(stack: np.ndarray, sigma: float) -> np.ndarray:
   sigma: the focus cue of DFP's joint-gradient loss (max |Lap| over the inputs) used as a rule."""
   lap = np.abs(np.asarray(filters.laplacian(filters.luma(jnp.asarray(stack)))))
   return select(stack, _blur(lap, sigma).argmax(0))
+
+
+def laplacian_energy_fusion(stack: np.ndarray) -> np.ndarray:
+  """The "windowed Laplacian-energy selection" baseline: per pixel the input [N, H, W, C] with the largest
+  box-9 Laplacian energy of luma (`lightfield.focus_measure`, the measure that chooses the focal planes);
+  ties to the lower index."""
+  energy = jax.vmap(lightfield.focus_measure)(jnp.asarray(stack))
+  return select(np.asarray(stack), np.asarray(jnp.argmax(energy, axis=0)))
 
 
 def oracle_pixel(stack: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -504,3 +504,47 @@ def test_laplacian_selection_picks_the_sharp_input_and_window_oracle_the_true_on
   np.testing.assert_array_equal(common.laplacian_selection(stack, 1.0)[inner], sharp[inner])
   np.testing.assert_array_equal(common.oracle_window(stack, sharp, 1.0)[inner], sharp[inner])
   np.testing.assert_array_equal(common.oracle_pixel(stack, sharp), sharp)
+
+
+def test_seam_ratio_sees_error_at_inner_tile_borders_only():
+  """A plan of 2 x 2 tiles (side 40, starts 0 and 24) at x2: error concentrated along the inner borders
+  (output rows/columns 48 and 80) gives a large ratio, uniform error exactly 1, error on the outer frame
+  (not a seam) below 1."""
+  from dfp_jax import tiles  # pylint: disable=g-import-not-at-top
+  plan = tiles.TilePlan('tiles', 40, 16, (0, 24), (0, 24))
+  base = np.full((128, 128, 3), 1e-4, np.float32)
+  assert common.seam_ratio(base, plan, 2) == pytest.approx(1.0)
+  seam = base.copy()
+  seam[46:50] = seam[:, 78:82] = 1e-2
+  assert common.seam_ratio(seam, plan, 2) > 3
+  frame = base.copy()
+  frame[:4] = 1e-2  # The image border is not a tile border.
+  assert common.seam_ratio(frame, plan, 2) < 1
+
+
+def test_stop_rule_study_replays_rules_on_recorded_trajectories(tmp_path):
+  """Two hand-made trajectories: one whose change falls fast (an absolute rule stops it early, where the
+  PSNR is already final), one that keeps improving with small changes (a loose rule stops it too early
+  and loses 0.5 dB). The replay table reports each rule's worst cost and the count over the budget."""
+  from dfp_jax.config import FusionConfig  # pylint: disable=g-import-not-at-top
+  import hashlib  # pylint: disable=g-import-not-at-top
+  cfg = FusionConfig().replace(stop='fixed', scale=1).to_dict()
+  digest = hashlib.sha256(json.dumps([cfg, 0, float('inf'), 2, 256], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+  fast = [{'step': s, 'psnr': 30.0, 'change': 1e-3 if s < 300 else 1e-5} for s in range(50, 1001, 50)]
+  slow = [{'step': s, 'psnr': 30.0 + 0.5 * s / 1000, 'change': 1.2e-4} for s in range(50, 1001, 50)]
+  path = tmp_path / 'traj.jsonl'
+  with open(path, 'w') as f:
+    for i, t in enumerate((fast, slow)):
+      f.write(json.dumps({'digest': digest, 'scene': f's{i}', 'region': [0, 0], 'scale': 2,
+                          'trajectory': t}) + '\n')
+  r = subprocess.run([sys.executable, '-m', 'experiments.studies.stop_rule', '--norun', f'--json={path}',
+                      f'--table={tmp_path / "t.md"}'], cwd=common.ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = {line.split('|')[1].strip(): line.split('|')[2:6] for line in r.stdout.splitlines()
+          if line.startswith('| abs') or line.startswith('| rel')}
+  worst, _, over, steps = rows['abs 0.0002 p2']  # Stops slow at 250 (0.375 dB lost), fast at 350.
+  assert float(worst) == pytest.approx(-0.375, abs=1e-3) and int(over) == 1
+  worst, _, over, _ = rows['abs 0.0001 p2']  # Never stops slow: no loss.
+  assert float(worst) == pytest.approx(0.0, abs=1e-6) and int(over) == 0
+  assert (tmp_path / 't.md').read_text().startswith('2 cases')

@@ -186,3 +186,17 @@ def test_fuse_light_field_with_the_deep_decoder_prior(lf_folder):
   result, stack = lightfield.fuse_light_field(lf, cfg, lightfield.LightFieldConfig(num_planes=2))
   assert result.fused.shape == (2 * SIZE, 2 * SIZE, 3) and stack.slices.shape == (2, SIZE, SIZE, 3)
   assert len(stack.planes) == 2 and stack.how == 'auto'
+
+
+def test_light_field_job_fuses_in_tiles_when_asked(lf_folder, tmp_path):
+  """The light-field job plans like the single-scene job: tiles when the optimisation does not fit whole
+  (forced here with --tile_size), assembled to the full output size, the plan in summary.json."""
+  out = tmp_path / 'out'
+  r = _run([f'--lightfield={lf_folder / "views"}', f'--output_dir={out}', '--scale=2', '--tile_size=32',
+            '--tile_overlap=16'] + TINY_FLAGS)
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.loads((out / 'summary.json').read_text())
+  assert summary['plan']['kind'] == 'tiles' and summary['plan']['tile'] == 32
+  assert _shape(out / 'fused.png') == (2 * SIZE, 2 * SIZE, 3)
+  fused = cv2.imread(str(out / 'fused.png'))
+  assert fused.std() > 1.0  # An image, not a constant fill.

@@ -154,7 +154,8 @@ def scene_args(f=FLAGS) -> scene.SceneArgs:
 
 
 def lightfield_args(f=FLAGS) -> lightfield_job.LightFieldArgs:
-  return lightfield_job.LightFieldArgs(folder=f.lightfield, lightfield=lightfield_config(f), **_common(f))
+  return lightfield_job.LightFieldArgs(folder=f.lightfield, lightfield=lightfield_config(f),
+                                       tiles=_config_of(tiles.TileConfig, f), **_common(f))
 
 
 def batch_args(f=FLAGS) -> batch_job.BatchArgs:

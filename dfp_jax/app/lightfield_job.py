@@ -34,8 +34,10 @@ from dfp_jax import lightfield
 from dfp_jax import memory
 from dfp_jax import metrics
 from dfp_jax import output_folder
+from dfp_jax import tiles as tiles_lib
 from dfp_jax import viz
 from dfp_jax.app import outputs
+from dfp_jax.app import scene as scene_job
 from dfp_jax.app.scene import JobArgs
 
 
@@ -43,6 +45,7 @@ from dfp_jax.app.scene import JobArgs
 class LightFieldArgs(JobArgs):
   folder: str = ''  # The light field's folder of views.
   lightfield: lightfield.LightFieldConfig = lightfield.LightFieldConfig()
+  tiles: tiles_lib.TileConfig = tiles_lib.TileConfig()
 
 
 def _json_number(x: float):
@@ -114,6 +117,7 @@ def run_lightfield(args: LightFieldArgs) -> int:
   # 1. Views (cropped, downsampled) and the original-resolution centre view (the reference). Sizes and
   # memory are checked from the first view's header, before any view is decoded.
   n_fused = len(cfg.planes) if cfg.planes is not None else cfg.num_planes
+  plans = []
 
   def before_decoding(num_views, shape, reach):
     h, w, c = shape
@@ -124,7 +128,10 @@ def run_lightfield(args: LightFieldArgs) -> int:
     if args.check_memory:  # The sweep runs over the user's planes too.
       lightfield.check_memory(num_views, shape, reach, lightfield.largest_disparity(cfg),
                               memory.available_memory(), name=folder)
-      memory.check_memory(h, w, n_fused, c, config, name=f'{folder} (views processed to {h}x{w})')
+    try:  # Whole, tiles or the x1 fast path (`tiles.plan_tiles`), from the sizes alone.
+      plans.append(scene_job.plan(h, w, n_fused, c, config, args))
+    except errors.MemoryBudgetError as e:
+      raise errors.MemoryBudgetError(f'{folder} (views processed to {h}x{w}): {e}') from None
 
   lf = lightfield.load_light_field(folder, crop=cfg.crop, downsample=ds, before_decoding=before_decoding)
   h, w, c = lf.image_shape
@@ -150,7 +157,9 @@ def run_lightfield(args: LightFieldArgs) -> int:
   stack_files = [f'focal_stack/plane_{i:02d}.png' for i in range(n)]
   names = lightfield.slice_names(folder, stack.planes)
   fusion.validate_images(list(stack.slices), config, names)
-  mem = memory.estimate_memory(h, w, n, c, config)
+  tile_plan = plans[-1] if len(plans) and n == n_fused else scene_job.plan(h, w, n, c, config, args)
+  mem = memory.estimate_memory(*((h, w) if tile_plan.kind == 'whole' else (tile_plan.tile,) * 2), n, c,
+                               config)
   bit_depth = args.bit_depth([lf.bit_depth])
   slice_share = np.bincount(stack.slice_index.ravel(), minlength=n) / float(h * w)
   sweep = stack.sweep
@@ -184,7 +193,7 @@ def run_lightfield(args: LightFieldArgs) -> int:
                mem['peak'] / 2 ** 20)
 
   with output_folder.StagingDir(args.output_dir, protect=[folder]) as tmp:
-    result = fusion.fuse(list(stack.slices), config=config, key=jax.random.key(args.seed), names=names)
+    result = scene_job.fuse_planned(list(stack.slices), tile_plan, config, args.seed, names, None)
     s = config.scale
     out_h, out_w = result.fused.shape[:2]
     bicubic = np.asarray(baselines.upsample(baselines.average_fusion(jnp.asarray(stack.slices)), s))
@@ -210,7 +219,8 @@ def run_lightfield(args: LightFieldArgs) -> int:
             [_resize_reference(centre, out_h, out_w), bicubic, result.fused], captions), 8)]
     records = [{'path': p, 'height': h, 'width': w, 'channels': c, 'bit_depth': lf.bit_depth,
                 'had_alpha': False} for p in stack_files]
-    extra = {'seed': args.seed, 'memory_estimate_bytes': mem, 'lightfield': planes_info}
+    extra = {'seed': args.seed, 'memory_estimate_bytes': mem, 'lightfield': planes_info,
+             'plan': tile_plan._asdict()}
     if scores is not None:
       extra['center_view_scores'] = scores
     outputs.write_result(tmp, result, list(stack.slices), [os.path.basename(f) for f in stack_files],

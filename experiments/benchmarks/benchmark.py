@@ -68,7 +68,8 @@ flags.DEFINE_string('output_dir', 'outputs/benchmark', 'Folder of the results (r
                     'images); a rerun with the same settings resumes in it.')
 flags.DEFINE_string('dataset', None, 'Scene folders (A.*, B.*, GT.*, fused/<METHOD>.*) or a light field.')
 flags.DEFINE_list('scales', ['1', '2', '4'], 'Scales to run (1, 2, 4).')
-flags.DEFINE_list('methods', ['dfp', 'average', 'decision_map', 'laplacian_pyramid', 'dip'],
+flags.DEFINE_list('methods', ['dfp', 'average', 'decision_map', 'laplacian_energy', 'laplacian_pyramid',
+                              'dip'],
                   'Methods to run (external fused/ results are always scored).')
 flags.DEFINE_list('upsamplers', ['bicubic'], 'Upsamplers after the fusion baselines at x2/x4: bicubic, '
                   'lanczos.')
@@ -78,7 +79,7 @@ flags.DEFINE_list('crop', [], 'y,x,h,w: score only this region of every scene (f
 flags.DEFINE_integer('lf_planes', 2, 'Light-field datasets: number of refocused slices (sources).')
 flags.DEFINE_integer('dip_iters', 0, 'Steps of the DIP baseline (0 = --iters).')
 
-BASELINES = ('average', 'decision_map', 'laplacian_pyramid')
+BASELINES = ('average', 'decision_map', 'laplacian_energy', 'laplacian_pyramid')
 KNOWN = BASELINES + ('dfp', 'dip')
 LOSSY = ('.jpg', '.jpeg', '.webp')
 TABLE1 = ('RMG', 'REI', 'RIE', 'RMGA', 'RECO')
@@ -195,6 +196,8 @@ def run_methods(scene: Scene, s: int, config, methods, upsamplers) -> dict:
         fused = baselines.average_fusion(x)
       elif name == 'decision_map':
         fused = baselines.decision_map_fusion(x, maps, config.focus)
+      elif name == 'laplacian_energy':
+        fused = jnp.asarray(common.laplacian_energy_fusion(lr))
       else:
         fused = baselines.laplacian_pyramid_fusion(x)
       if s == 1:
@@ -251,7 +254,7 @@ def write_markdown(path: str, results: dict, scales, jpeg_quality: int, lossy: b
                  lower_better=TABLE1)
   all_s = [f'x{s}' for s in scales]
   lines += table('Against the ground truth', ['PSNR', 'SSIM'], all_s)
-  lines += table('No-reference fusion metrics', ['Qabf', 'NMI', 'Qy', 'SF'], all_s)
+  lines += table('No-reference fusion metrics', ['Qabf', 'NMI', 'Qy', 'SF', 'AG'], all_s)
   with open(path + '.tmp', 'w') as f:
     f.write('\n'.join(lines) + '\n')
   os.replace(path + '.tmp', path)

@@ -279,7 +279,6 @@ def upsample(image, scale: int, suffix: str) -> jnp.ndarray:
 
 _scores = jax.jit(jax.vmap(metrics.gt_metrics, in_axes=(0, None)))
 _psnrs = jax.jit(jax.vmap(metrics.psnr, in_axes=(0, None)))
-_focus = jax.jit(jax.vmap(lightfield.focus_measure))
 _maps = jax.jit(focus.decision_maps, static_argnums=1)
 _pyramid = jax.jit(baselines.laplacian_pyramid_fusion)
 
@@ -301,18 +300,12 @@ def map_fusion(lr: np.ndarray) -> jnp.ndarray:
   return baselines.decision_map_fusion(jnp.asarray(lr), _maps(jnp.asarray(lr), DOUBLEREBLUR_MAPS))
 
 
-def laplacian_energy_fusion(lr: np.ndarray) -> np.ndarray:
-  """Per pixel the slice with the largest box-9 Laplacian energy of luma (`lightfield.focus_measure`,
-  the measure that chooses the focal planes); ties to the lower index."""
-  return common.select(lr, np.asarray(jnp.argmax(_focus(jnp.asarray(lr)), axis=0)))
-
-
 def lr_fusions(bases, lr: np.ndarray, gt_lr: np.ndarray, config, result) -> dict[str, np.ndarray]:
   """The fuse-then-upsample methods' images at the LR size (best_slice apart)."""
   make = {'average': lambda: baselines.average_fusion(jnp.asarray(lr)),
           'map': lambda: map_fusion(lr),
           'dfp_map': lambda: dfp_map_fusion(lr, config, result),
-          'laplacian_energy': lambda: laplacian_energy_fusion(lr),
+          'laplacian_energy': lambda: common.laplacian_energy_fusion(lr),
           'laplacian_pyramid': lambda: _pyramid(jnp.asarray(lr)),
           'perfect': lambda: gt_lr,
           'oracle_pixel': lambda: common.oracle_pixel(lr, gt_lr)}
@@ -351,42 +344,6 @@ def dfp_fields(result, seconds: float) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 # Focal stacks, cached on disk.
-
-
-class Stacks:
-  """(slices [N, S, S, C], truth [S, S, C], planes) per (scene, region, aperture, N): from
-  <bench_dir>/stacks/*.npz, else made (the light field is loaded once per scene and region)."""
-
-  def __init__(self, folder: str, size: int):
-    self.folder, self.size = folder, size
-    self._lf_key, self._lf = None, None
-
-  def path(self, scene, src, region, ap_label, ap, n) -> str:
-    lfc = lightfield.LightFieldConfig(num_planes=n, aperture=ap)
-    ident = json.dumps([os.path.abspath(src), region, self.size, dataclasses.asdict(lfc),
-                        lightfield.SHIFT_METHOD], default=str)
-    h = hashlib.sha256(ident.encode()).hexdigest()[:10]
-    return os.path.join(self.folder, f'{scene}_{region[0]}_{region[1]}_{self.size}_a{ap_label}_n{n}_{h}.npz')
-
-  def get(self, scene, src, region, ap_label, ap, n):
-    path = self.path(scene, src, region, ap_label, ap, n)
-    if os.path.exists(path):
-      with np.load(path) as z:
-        return z['slices'], z['gt'], z['planes']
-    if self._lf_key != (src, region):
-      self._lf = lightfield.load_light_field(src, crop=(region[0], region[1], self.size, self.size))
-      self._lf_key = (src, region)
-    t0 = time.perf_counter()
-    stack = lightfield.make_focal_stack(self._lf, lightfield.LightFieldConfig(num_planes=n, aperture=ap))
-    gt = np.asarray(self._lf.center_view, np.float32)
-    logging.info('focal stack %s %d:%d a=%s N=%d: planes %s (%.1f s)', scene, region[0], region[1], ap_label,
-                 n, np.round(stack.planes, 3).tolist(), time.perf_counter() - t0)
-    os.makedirs(self.folder, exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
-      np.savez(f, slices=stack.slices.astype(np.float32), gt=gt, planes=stack.planes)
-    os.replace(tmp, path)
-    return stack.slices.astype(np.float32), gt, stack.planes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -442,7 +399,7 @@ def _summary(scored: dict) -> str:
 def run_regions(config, results: Results, grid) -> None:
   scenes, corners, apertures, ns, scales, bases = grid
   size = FLAGS.region_size
-  stacks = Stacks(os.path.join(FLAGS.bench_dir, 'stacks'), size)
+  stacks = common.Stacks(os.path.join(FLAGS.bench_dir, 'stacks'), size)
   pending = []  # (case key, source folder, aperture value, missing row names).
   for (scene, src), (y, x), (ap_label, ap), n, s in ((a, b, c, d, e) for a in scenes for b in corners
                                                      for c in apertures for d in ns for e in scales):

@@ -1,0 +1,204 @@
+"""Stop-rule study (issue 22 section 3): what each convergence stop costs against the fixed run, per case.
+
+For every light field of `--lightfield`, region of `--regions`, scale of `--scales` (N = 2 inputs at
+the `--aperture` synthetic aperture; the cases and cached focal stacks of `benchmark_gt`), the fixed run
+(--mask_iters steps of the decision embedding, then --iters main steps: the configuration flags are
+dfp-jax's, docs/cli.md, with --stop=fixed) is driven window by window (--stop_window steps). After
+every window it records the PSNR of the result (the EMA, as `fuse` returns it) against the ground truth
+and the statistics a stop rule may look at (never the ground truth): the mean absolute change of the
+result since the previous window, and each loss term's mean over the window. One JSON line per case is
+appended to --json as it finishes; a rerun skips the cases already there (same configuration).
+
+The candidate rules (`RULES`) are then replayed on the recorded trajectories: where each would have
+ended the main stage, and the PSNR there minus the fixed run's last PSNR. The table gives per rule the
+worst and mean cost over the cases, how many cases lose more than --budget_db, and the mean and largest
+step count. Nothing is re-optimised; `fusion.fuse(stop='auto')` stops where its rule stops on the same
+trajectory (the same programs, window by window).
+
+  python -m experiments.studies.stop_rule --json=docs/results/stop_rule.jsonl \
+      --table=docs/results/stop_rule.md
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dfp_jax import fusion
+from dfp_jax import optimize
+from dfp_jax import resample
+from dfp_jax.app import flags as app_flags
+from dfp_jax.config import FusionConfig
+from experiments import common
+
+HCI = tuple(f'../shared/data/lightfield/hci_{s}_33views' for s in ('dino', 'greek', 'kitchen', 'vinyl'))
+
+common.define_flags()
+flags.DEFINE_list('lightfield', list(HCI), 'Light-field folders with an all-in-focus centre view.')
+flags.DEFINE_list('regions', ['0:256', '256:0', '128:128'], 'Top-left corners y:x of the regions.')
+flags.DEFINE_integer('region_size', 256, 'Side of each region (view pixels; the output size).')
+flags.DEFINE_list('scales', ['2', '4'], 'Scales.')
+flags.DEFINE_float('aperture', float('inf'), 'Synthetic aperture radius (view steps; inf = all views).')
+flags.DEFINE_integer('num_planes', 2, 'Inputs per case.')
+flags.DEFINE_string('bench_dir', 'outputs/benchmark_gt', 'Folder of the focal-stack cache (stacks/), '
+                    'shared with benchmark_gt.')
+flags.DEFINE_string('json', 'outputs/stop_rule.jsonl', 'JSON-lines file of the trajectories (appended).')
+flags.DEFINE_string('table', None, 'Also write the replay table (markdown) here.')
+flags.DEFINE_float('budget_db', 0.1, 'The cost a stop may have against the fixed run (dB).')
+flags.DEFINE_bool('run', True, 'Run the missing cases (else only replay what --json holds).')
+FLAGS = flags.FLAGS
+
+
+# --------------------------------------------------------------------------------------------------
+# Candidate rules: functions of one trajectory's rows (step, change, terms), returning the stop step or
+# None (runs to the end). Never the ground truth.
+
+
+def absolute(tol: float, patience: int = 2, min_steps: int = 200):
+  """The library's rule (`optimize.StopRule`): change < tol, `patience` checks in a row."""
+  rule = optimize.StopRule(tol, 0, min_steps, patience)
+  return lambda rows: rule.stop_step([(r['step'], r['change']) for r in rows if 'change' in r])
+
+
+def relative(fraction: float, patience: int = 2, min_steps: int = 200, reference_step: int = 100):
+  """change < fraction x the change at `reference_step` (the scene's own early rate of change)."""
+  def rule(rows):
+    ref = next((r['change'] for r in rows if 'change' in r and r['step'] >= reference_step), None)
+    if ref is None:
+      return None
+    return optimize.StopRule(fraction * ref, 0, min_steps, patience).stop_step(
+        [(r['step'], r['change']) for r in rows if 'change' in r])
+  return rule
+
+
+RULES = {f'abs {t:g} p{p}': absolute(t, p) for t in (5e-5, 1e-4, 1.5e-4, 2e-4) for p in (2, 3)}
+RULES.update({f'abs {t:g} p2 min{m}': absolute(t, 2, m) for t in (1e-4, 1.5e-4) for m in (300, 400)})
+RULES.update({f'rel {f:g} p2': relative(f) for f in (0.02, 0.05, 0.1)})
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def trajectory(lr, gt, config: FusionConfig, key) -> list[dict]:
+  """The fixed run window by window: per window the step, PSNR of the result, change and loss terms."""
+  stage, state, problem, _, c = common.main_stage_start(lr, config, key)
+  window = config.stop_window
+  rows, previous, t0 = [], None, time.perf_counter()
+  for done in range(window, config.iters + 1, window):
+    state, report = optimize.run_stage(stage, state, problem, window, window, None, loop=config.loop)
+    current, change = stage.jit_output_change(state, previous if previous is not None else jnp.float32(0))
+    out = np.asarray(fusion.final_output(state, config=config, channels=c))
+    row = {'step': done, 'psnr': common.psnr(out, gt), 'seconds': time.perf_counter() - t0,
+           'terms': {k: float(np.mean(v)) for k, v in report.history.items()}}
+    if previous is not None:
+      row['change'] = float(change)
+    previous = current
+    rows.append(row)
+  return rows
+
+
+def read(path: str, digest: str) -> dict:
+  out = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # A cut last line.
+        if r.get('digest') == digest:
+          out[tuple(json.dumps(r[k]) for k in ('scene', 'region', 'scale'))] = r
+  return out
+
+
+def replay(cases: list[dict], budget: float) -> list[dict]:
+  """Every rule on every trajectory: [{rule, worst, mean, over, mean_steps, max_steps, per_case}]."""
+  out = []
+  for name, rule in RULES.items():
+    costs, steps = [], []
+    for case in cases:
+      rows = case['trajectory']
+      stop = rule(rows) or rows[-1]['step']
+      at = next(r for r in rows if r['step'] == stop)
+      costs.append(at['psnr'] - rows[-1]['psnr'])
+      steps.append(stop)
+    costs = np.array(costs)
+    out.append({'rule': name, 'worst': float(costs.min()), 'mean': float(costs.mean()),
+                'over': int(np.sum(costs < -budget)), 'mean_steps': float(np.mean(steps)),
+                'max_steps': int(np.max(steps)), 'per_case': costs.round(4).tolist()})
+  return out
+
+
+def table(cases, replayed, budget) -> str:
+  lines = [f'{len(cases)} cases; cost = PSNR where the rule stops - PSNR of the fixed run '
+           f'({cases[0]["trajectory"][-1]["step"]} main steps); over = cases losing more than {budget} dB.', '',
+           '| rule | worst dB | mean dB | over | mean steps | max steps |', '|---|---|---|---|---|---|']
+  for r in replayed:
+    lines.append(f'| {r["rule"]} | {r["worst"]:+.3f} | {r["mean"]:+.3f} | {r["over"]} | '
+                 f'{r["mean_steps"]:.0f} | {r["max_steps"]} |')
+  lines += ['', '| case | fixed PSNR | best PSNR on the way (step) |', '|---|---|---|']
+  for c in cases:
+    t = c['trajectory']
+    best = max(t, key=lambda r: r['psnr'])
+    lines.append(f'| {c["scene"]} {c["region"][0]}:{c["region"][1]} x{c["scale"]} | {t[-1]["psnr"]:.2f} | '
+                 f'{best["psnr"]:.2f} ({best["step"]}) |')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  common.setup()
+  base = app_flags.fusion_config(FLAGS).replace(stop='fixed')
+  digest_config = base.replace(scale=1).to_dict()
+  digest = json.dumps([digest_config, FLAGS.seed, FLAGS.aperture, FLAGS.num_planes, FLAGS.region_size],
+                      sort_keys=True, default=str)
+  digest = hashlib.sha256(digest.encode()).hexdigest()[:16]
+  done = read(FLAGS.json, digest)
+  stacks = common.Stacks(os.path.join(FLAGS.bench_dir, 'stacks'), FLAGS.region_size)
+  key = jax.random.key(FLAGS.seed)
+  ap_label = 'inf' if np.isinf(FLAGS.aperture) else f'{FLAGS.aperture:g}'
+  corners = common.parse_corners(FLAGS.regions)
+  todo = [(src, r, int(s)) for src in FLAGS.lightfield for r in corners for s in FLAGS.scales]
+  t_start = time.perf_counter()
+  for i, (src, region, s) in enumerate(todo):
+    scene = os.path.basename(os.path.normpath(src)).removeprefix('hci_').removesuffix('_33views')
+    k = (json.dumps(scene), json.dumps(list(region)), json.dumps(s))
+    if k in done or not FLAGS.run:
+      continue
+    slices, gt, planes = stacks.get(scene, src, region, ap_label, FLAGS.aperture, FLAGS.num_planes)
+    lr = resample.area_downsample(slices, s)
+    rows = trajectory(list(lr), gt, base.replace(scale=s), key)
+    rec = {'digest': digest, 'scene': scene, 'region': list(region), 'scale': s, 'aperture': ap_label,
+           'planes': np.asarray(planes).tolist(), 'config': digest_config, 'trajectory': rows}
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
+    with open(FLAGS.json, 'a') as f:
+      f.write(json.dumps(rec) + '\n')
+    done[k] = rec
+    elapsed = time.perf_counter() - t_start
+    left = len(todo) - i - 1
+    logging.info('%s %d:%d x%d: fixed %.2f dB (%d/%d; %s elapsed, about %s left)', scene, *region, s,
+                 rows[-1]['psnr'], i + 1, len(todo), optimize.format_seconds(elapsed),
+                 optimize.format_seconds(elapsed / (i + 1) * left))
+  cases = list(done.values())
+  if not cases:
+    raise app.UsageError(f'no trajectories in {FLAGS.json} for this configuration')
+  text = table(cases, replay(cases, FLAGS.budget_db), FLAGS.budget_db)
+  print(text)
+  if FLAGS.table:
+    with open(FLAGS.table, 'w') as f:
+      f.write(text + '\n')
+  return 0
+
+
+if __name__ == '__main__':
+  jax.config.parse_flags_with_absl()
+  app.run(main)
