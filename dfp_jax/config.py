@@ -120,8 +120,9 @@ class FusionConfig:
                      'steps, --stop_patience windows in a row, after --stop_min_iters steps); --iters '
                      "and --mask_iters are then maxima. 'fixed': run exactly --iters and --mask_iters.",
                      choices=STOPS)
-  stop_tol: float = option(2e-4, 'Convergence threshold: mean absolute change of the result per '
-                           'window, intensities in [0, 1].')
+  stop_tol: float = option(1e-4, 'Convergence threshold of the main stage at x1 and x2: mean absolute '
+                           'change of the result per window, intensities in [0, 1]; at x4 it is '
+                           'divided by 4 (docs/design.md "Departures", the convergence stop).')
   stop_window: int = option(50, 'Steps per convergence check.')
   stop_min_iters: int = option(200, 'Main-stage steps before the stop may end it (the decision '
                                'embedding uses min(this, --mask_iters / 2)).')
@@ -168,8 +169,11 @@ class FusionConfig:
     from dfp_jax.optimize import StopRule  # pylint: disable=g-import-not-at-top
     if self.stop == 'fixed':
       return None
-    min_steps = self.stop_min_iters if stage == 'main' else min(self.stop_min_iters, self.mask_iters // 2)
-    return StopRule(self.stop_tol, self.stop_window, min_steps, self.stop_patience)
+    if stage == 'main':  # At x4 the result keeps improving while it changes less per output pixel.
+      tol = self.stop_tol * min(1.0, (2.0 / self.scale) ** 2)
+      return StopRule(tol, self.stop_window, self.stop_min_iters, self.stop_patience)
+    return StopRule(self.stop_tol, self.stop_window, min(self.stop_min_iters, self.mask_iters // 2),
+                    self.stop_patience)
 
   @property
   def image_prior(self):

@@ -84,22 +84,34 @@ def estimate_memory(height: int, width: int, num_inputs: int, channels: int,
 MEMORY_BUDGET_ENV = 'DFP_JAX_MEMORY_BUDGET'  # Bytes: a cap on what the memory checks plan for.
 
 
+_UNITS = {'': 1, 'b': 1, 'k': 1e3, 'kb': 1e3, 'm': 1e6, 'mb': 1e6, 'g': 1e9, 'gb': 1e9, 't': 1e12,
+          'tb': 1e12, 'kib': 2 ** 10, 'mib': 2 ** 20, 'gib': 2 ** 30, 'tib': 2 ** 40}
+
+
+def parse_bytes(raw: str, name: str) -> int:
+  """'8e9', '8GB', '6GiB', '512 MiB' -> bytes (> 0); an InputError naming `name` otherwise."""
+  text = raw.strip().lower()
+  number = text.rstrip('abcdefghijklmnopqrstuvwxyz').strip()
+  unit = text[len(number):].strip() if number else text
+  try:
+    value = int(float(number) * _UNITS[unit])
+    if value <= 0:
+      raise ValueError
+  except (ValueError, OverflowError, KeyError):
+    raise InputError(f'{name}={raw!r}: expected a positive number of bytes, e.g. 8e9 or 6GiB') from None
+  return value
+
+
 def available_memory(device=None) -> int | None:
   """Bytes the computation may still use on `device` (default: the first device), or None.
 
-  The environment variable DFP_JAX_MEMORY_BUDGET (bytes, e.g. 8e9) caps it: on a shared machine,
+  The environment variable DFP_JAX_MEMORY_BUDGET (bytes, e.g. 8e9 or 6GiB) caps it: on a shared machine,
   leave room for other jobs.
   """
   avail = _device_available_memory(device)
   cap = os.environ.get(MEMORY_BUDGET_ENV)
   if cap:
-    raw = cap
-    try:
-      cap = int(float(raw))
-      if cap <= 0:
-        raise ValueError
-    except (ValueError, OverflowError):
-      raise InputError(f'{MEMORY_BUDGET_ENV}={raw!r}: expected a positive number of bytes, e.g. 8e9') from None
+    cap = parse_bytes(cap, MEMORY_BUDGET_ENV)
     avail = cap if avail is None else min(avail, cap)
   return avail
 

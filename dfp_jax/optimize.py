@@ -152,7 +152,7 @@ class StopRule:
   outputs) changes by less than `tol` (mean absolute change per pixel and channel, intensities in
   [0, 1]) per `window` steps, `patience` windows in a row, once at least `min_steps` steps ran.
   With several scenes in one program, all of them must satisfy it."""
-  tol: float = 2e-4
+  tol: float = 1e-4
   window: int = 50
   min_steps: int = 200
   patience: int = 2

@@ -13,8 +13,8 @@ The decision embedding (a network over the whole map) is not run on tiles: tiles
 are (`mask_iters` is treated as 0), as does `--focus_cleanup=regions`, whose region steps are global and
 computed on the host with OpenCV for large images.
 
-At x1 the main stage ties the fusion by its own maps (docs/benchmarks.md "Quality against a true
-all-in-focus image"), so `plan_tiles` can return the map fusion itself as the large-image fast path
+At x1 the main stage ties the fusion by its own maps (docs/benchmarks.md "Quality on four light
+fields"), so `plan_tiles` can return the map fusion itself as the large-image fast path
 (`TilePlan.fast`): the same result at a tiny fraction of the time.
 """
 

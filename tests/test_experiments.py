@@ -527,10 +527,11 @@ def test_stop_rule_study_replays_rules_on_recorded_trajectories(tmp_path):
   PSNR is already final), one that keeps improving with small changes (a loose rule stops it too early
   and loses 0.5 dB). The replay table reports each rule's worst cost and the count over the budget."""
   from dfp_jax.config import FusionConfig  # pylint: disable=g-import-not-at-top
-  import hashlib  # pylint: disable=g-import-not-at-top
+  from experiments.studies import stop_rule  # pylint: disable=g-import-not-at-top
   cfg = FusionConfig().replace(stop='fixed', scale=1).to_dict()
-  digest = hashlib.sha256(json.dumps([cfg, 0, float('inf'), 2, 256], sort_keys=True,
-                                     default=str).encode()).hexdigest()[:16]
+  digest = stop_rule.trajectory_digest(cfg, 0, float('inf'), 2, 256)
+  # The trajectories do not depend on the stop fields (every case is the fixed run).
+  assert stop_rule.trajectory_digest(dict(cfg, stop_tol=1.0), 0, float('inf'), 2, 256) == digest
   fast = [{'step': s, 'psnr': 30.0, 'change': 1e-3 if s < 300 else 1e-5} for s in range(50, 1001, 50)]
   slow = [{'step': s, 'psnr': 30.0 + 0.5 * s / 1000, 'change': 1.2e-4} for s in range(50, 1001, 50)]
   path = tmp_path / 'traj.jsonl'
@@ -542,9 +543,10 @@ def test_stop_rule_study_replays_rules_on_recorded_trajectories(tmp_path):
                       f'--table={tmp_path / "t.md"}'], cwd=common.ROOT, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-2000:]
   rows = {line.split('|')[1].strip(): line.split('|')[2:6] for line in r.stdout.splitlines()
-          if line.startswith('| abs') or line.startswith('| rel')}
+          if line.startswith('| abs') or line.startswith('| rel') or line.startswith('| library')}
   worst, _, over, steps = rows['abs 0.0002 p2']  # Stops slow at 250 (0.375 dB lost), fast at 350.
   assert float(worst) == pytest.approx(-0.375, abs=1e-3) and int(over) == 1
   worst, _, over, _ = rows['abs 0.0001 p2']  # Never stops slow: no loss.
   assert float(worst) == pytest.approx(0.0, abs=1e-6) and int(over) == 0
+  assert rows['library default'] == rows['abs 0.0001 p2']  # Both cases are x2: the default tolerance.
   assert (tmp_path / 't.md').read_text().startswith('2 cases')

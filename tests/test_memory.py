@@ -62,7 +62,11 @@ def test_memory_budget_environment_caps_the_available_memory(monkeypatch):
   assert memory.available_memory() == 10 ** 6
   monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, str(10 * free))
   assert memory.available_memory() <= free * 1.05  # A cap never raises what is there (it may move).
-  for bad in ('lots', '-5', '0'):
+  for text, expected in (('6GiB', 6 * 2 ** 30), ('512 MiB', 512 * 2 ** 20), ('8GB', 8 * 10 ** 9),
+                         ('1.5e6', 1_500_000), ('2k', 2000)):
+    monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, text)
+    assert memory.available_memory() == min(expected, memory._device_available_memory(None)), text
+  for bad in ('lots', '-5', '0', '6 GiBs', 'GiB', '1e999'):
     monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, bad)
     with pytest.raises(InputError, match=f"DFP_JAX_MEMORY_BUDGET='{bad}': expected a positive number of bytes"):
       memory.available_memory()

@@ -368,6 +368,11 @@ def test_stop_rule_respects_min_steps_and_config():
   cfg = config_lib.FusionConfig(mask_iters=100)
   assert cfg.stop_rule('main').min_steps == 200 and cfg.stop_rule('mask').min_steps == 50
   assert cfg.replace(stop='fixed').stop_rule('main') is None
+  # The main stage's tolerance is --stop_tol at x1 and x2 and a quarter of it at x4; the mask stage's
+  # never changes with the scale.
+  tols = {s: cfg.replace(scale=s).stop_rule('main').tol for s in (1, 2, 4)}
+  assert tols[1] == tols[2] == cfg.stop_tol and tols[4] == pytest.approx(cfg.stop_tol / 4)
+  assert cfg.replace(scale=4).stop_rule('mask').tol == cfg.stop_tol
   with pytest.raises(ValueError, match='stop'):
     config_lib.FusionConfig(stop='sometimes')
 

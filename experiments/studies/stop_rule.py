@@ -21,6 +21,7 @@ trajectory (the same programs, window by window).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -80,9 +81,25 @@ def relative(fraction: float, patience: int = 2, min_steps: int = 200, reference
   return rule
 
 
-RULES = {f'abs {t:g} p{p}': absolute(t, p) for t in (5e-5, 1e-4, 1.5e-4, 2e-4) for p in (2, 3)}
-RULES.update({f'abs {t:g} p2 min{m}': absolute(t, 2, m) for t in (1e-4, 1.5e-4) for m in (300, 400)})
-RULES.update({f'rel {f:g} p2': relative(f) for f in (0.02, 0.05, 0.1)})
+def library(config: FusionConfig = FusionConfig()):
+  """The library's rule for the main stage at the case's scale (`FusionConfig.stop_rule('main')`)."""
+  def rule(rows, scale):
+    r = config.replace(scale=scale).stop_rule('main')
+    return dataclasses.replace(r, window=0).stop_step(
+        [(x['step'], x['change']) for x in rows if 'change' in x])
+  return rule
+
+
+def any_scale(rule):
+  return lambda rows, scale: rule(rows)
+
+
+RULES = {'library default': library()}
+RULES.update({f'abs {t:g} p{p}': any_scale(absolute(t, p)) for t in (5e-5, 1e-4, 1.5e-4, 2e-4)
+              for p in (2, 3)})
+RULES.update({f'abs {t:g} p2 min{m}': any_scale(absolute(t, 2, m)) for t in (1e-4, 1.5e-4)
+              for m in (300, 400)})
+RULES.update({f'rel {f:g} p2': any_scale(relative(f)) for f in (0.02, 0.05, 0.1)})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -106,6 +123,17 @@ def trajectory(lr, gt, config: FusionConfig, key) -> list[dict]:
   return rows
 
 
+STOP_FIELDS = ('stop', 'stop_tol', 'stop_window', 'stop_min_iters', 'stop_patience')
+
+
+def trajectory_digest(config: dict, seed: int, aperture: float, num_planes: int, region_size: int) -> str:
+  """What a recorded trajectory depends on: the configuration without its stop fields (every case is
+  the fixed run, whatever rule is replayed on it), the seed and the case protocol."""
+  config = {k: v for k, v in config.items() if k not in STOP_FIELDS}
+  text = json.dumps([config, seed, aperture, num_planes, region_size], sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def read(path: str, digest: str) -> dict:
   out = {}
   if os.path.exists(path):
@@ -127,7 +155,7 @@ def replay(cases: list[dict], budget: float) -> list[dict]:
     costs, steps = [], []
     for case in cases:
       rows = case['trajectory']
-      stop = rule(rows) or rows[-1]['step']
+      stop = rule(rows, case['scale']) or rows[-1]['step']
       at = next(r for r in rows if r['step'] == stop)
       costs.append(at['psnr'] - rows[-1]['psnr'])
       steps.append(stop)
@@ -159,9 +187,7 @@ def main(argv):
   common.setup()
   base = app_flags.fusion_config(FLAGS).replace(stop='fixed')
   digest_config = base.replace(scale=1).to_dict()
-  digest = json.dumps([digest_config, FLAGS.seed, FLAGS.aperture, FLAGS.num_planes, FLAGS.region_size],
-                      sort_keys=True, default=str)
-  digest = hashlib.sha256(digest.encode()).hexdigest()[:16]
+  digest = trajectory_digest(digest_config, FLAGS.seed, FLAGS.aperture, FLAGS.num_planes, FLAGS.region_size)
   done = read(FLAGS.json, digest)
   stacks = common.Stacks(os.path.join(FLAGS.bench_dir, 'stacks'), FLAGS.region_size)
   key = jax.random.key(FLAGS.seed)
