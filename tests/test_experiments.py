@@ -526,12 +526,18 @@ def test_stop_rule_study_replays_rules_on_recorded_trajectories(tmp_path):
   """Two hand-made trajectories: one whose change falls fast (an absolute rule stops it early, where the
   PSNR is already final), one that keeps improving with small changes (a loose rule stops it too early
   and loses 0.5 dB). The replay table reports each rule's worst cost and the count over the budget."""
-  from dfp_jax.config import FusionConfig  # pylint: disable=g-import-not-at-top
-  from experiments.studies import stop_rule  # pylint: disable=g-import-not-at-top
-  cfg = FusionConfig().replace(stop='fixed', scale=1).to_dict()
-  digest = stop_rule.trajectory_digest(cfg, 0, float('inf'), 2, 256)
+  # The study is a script that defines flags when imported; it is imported in a child process, never
+  # beside another script (e.g. test_bench_align's) in this one.
+  code = ('from dfp_jax.config import FusionConfig\n'
+          'from experiments.studies import stop_rule\n'
+          "cfg = FusionConfig().replace(stop='fixed', scale=1).to_dict()\n"
+          "print(stop_rule.trajectory_digest(cfg, 0, float('inf'), 2, 256))\n"
+          "print(stop_rule.trajectory_digest(dict(cfg, stop_tol=1.0), 0, float('inf'), 2, 256))\n")
+  r = subprocess.run([sys.executable, '-c', code], cwd=common.ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  digest, digest_other_tol = r.stdout.split()
   # The trajectories do not depend on the stop fields (every case is the fixed run).
-  assert stop_rule.trajectory_digest(dict(cfg, stop_tol=1.0), 0, float('inf'), 2, 256) == digest
+  assert digest_other_tol == digest
   fast = [{'step': s, 'psnr': 30.0, 'change': 1e-3 if s < 300 else 1e-5} for s in range(50, 1001, 50)]
   slow = [{'step': s, 'psnr': 30.0 + 0.5 * s / 1000, 'change': 1.2e-4} for s in range(50, 1001, 50)]
   path = tmp_path / 'traj.jsonl'
