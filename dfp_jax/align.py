@@ -472,9 +472,13 @@ class Registration:
 def _reference_index(reference, n: int) -> int:
   if reference == 'middle':
     return (n - 1) // 2
-  i = int(reference)
+  try:
+    i = int(reference)
+  except ValueError:
+    i = -1
   if not 0 <= i < n:
-    raise ValueError(f'reference must be an input index in [0, {n - 1}] or "middle", got {reference!r}')
+    raise errors.InputError(f'--align_reference={reference}: this scene has {n} inputs; give an input '
+                            f'position from 0 to {n - 1}, or middle')
   return i
 
 

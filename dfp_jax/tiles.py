@@ -1,17 +1,16 @@
 """Images of any size: the fusion on overlapping tiles, assembled without seams, in bounded memory.
 
 A scene whose optimisation would not fit in the memory cap (`memory.available_memory`) is split into
-overlapping tiles of one shape (so one compiled program serves them all, and the batch engine can run
-them as a group), each tile is fused by `fusion.fuse`'s pipeline (`batch.fuse_batch`), and the tiles'
-outputs are blended with weights that fall linearly to zero across the overlaps (a partition of unity,
-so a constant image stays constant and there is no visible seam).
+overlapping tiles of one shape (so one compiled program serves them all), each tile is fused by
+`fusion.fuse`'s pipeline (`batch.fuse_batch`, one tile after another), and the tiles' outputs are
+blended with weights that fall linearly to zero across the overlaps (a partition of unity, so a
+constant image stays constant and there is no visible seam).
 
-The decision maps are computed once over the whole image before tiling (`focus.decision_maps` is local
-with the default measure and no clean-up, so it runs on overlapping strips of rows when the whole image
-does not fit), and every tile receives its crop: the maps agree across tile borders by construction.
-The decision embedding (a network over the whole map) is not run on tiles: tiles use the maps as they
-are (`mask_iters` is treated as 0), as does `--focus_cleanup=regions`, whose region steps are global and
-computed on the host with OpenCV for large images.
+The decision maps are computed once over the whole image before tiling (`decision_maps_in_strips`:
+on overlapping strips of rows when the whole image does not fit, with any region clean-up run once on
+the whole map on the host), and every tile receives its crop: the maps agree across tile borders by
+construction. The decision embedding (a network over the whole map) is not run on tiles: tiles use
+the maps as they are (`mask_iters` is treated as 0).
 
 At x1 the main stage ties the fusion by its own maps (docs/benchmarks.md "Quality on four light
 fields"), so `plan_tiles` can return the map fusion itself as the large-image fast path
@@ -116,20 +115,23 @@ def plan_tiles(height: int, width: int, num_inputs: int, channels: int, config: 
     return TilePlan('whole', max(height, width), 0, (0,), (0,))
   if config.scale == 1 and x1_fast and tile == 0:
     return TilePlan('map_fusion', max(height, width), 0, (0,), (0,))
-  m = 2 ** max(config.image_prior.depth, config.mask_net.depth)
-  smallest = max(fusion.min_input_size(config.replace(mask_iters=0)), 32)
+  tile_cfg = config.replace(mask_iters=0)  # Tiles take their crop of the whole image's maps.
+
+  def tile_bytes(side):
+    return memory.estimate_memory(side, side, num_inputs, channels, tile_cfg)[key]
+
+  smallest = max(fusion.min_input_size(tile_cfg), 32)
   if tile == 0:
     tile = smallest
-    side = m
-    while side * 2 <= max(height, width) * 2:
+    side = 2 ** max(config.image_prior.depth, config.mask_net.depth)
+    while side <= max(height, width):
       side *= 2
       cand = -(-side // 32) * 32
-      if memory.estimate_memory(cand, cand, num_inputs, channels,
-                                config.replace(mask_iters=0))[key] > rest:
+      if tile_bytes(cand) > rest:
         break
       tile = cand
-    if memory.estimate_memory(tile, tile, num_inputs, channels, config.replace(mask_iters=0))[key] > rest:
-      need = memory.estimate_memory(smallest, smallest, num_inputs, channels, config.replace(mask_iters=0))[key]
+    if tile_bytes(tile) > rest:
+      need = tile_bytes(smallest)
       raise MemoryBudgetError(
           f'{height}x{width} at x{config.scale}: even one tile of {smallest}x{smallest} needs about '
           f'{format_bytes(need + whole)} with the whole-image arrays, more than the '
@@ -140,6 +142,20 @@ def plan_tiles(height: int, width: int, num_inputs: int, channels: int, config: 
   overlap = overlap or max(16, tile // 8)
   overlap = min(overlap, tile // 2)
   return TilePlan('tiles', tile, overlap, _starts(height, tile, overlap), _starts(width, tile, overlap))
+
+
+def plan_memory(plan: TilePlan, height: int, width: int, num_inputs: int, channels: int,
+                config: FusionConfig) -> dict:
+  """`memory.estimate_memory` of what `plan` optimises: the whole image, one tile (tiles take the whole
+  image's maps: no decision embedding), or nothing but the whole-image arrays (the x1 fast path); the
+  whole-image arrays of a plan other than 'whole' are under 'whole_image'."""
+  if plan.kind == 'whole':
+    return memory.estimate_memory(height, width, num_inputs, channels, config)
+  whole = whole_image_bytes(height, width, num_inputs, channels, config.scale)
+  if plan.kind == 'map_fusion':
+    return {'mask': 0, 'main': 0, 'peak': whole, 'host_peak': whole, 'whole_image': whole}
+  tile = memory.estimate_memory(plan.tile, plan.tile, num_inputs, channels, config.replace(mask_iters=0))
+  return dict(tile, whole_image=whole)
 
 
 def blend_weights(tile: int, overlap: int, scale: int) -> np.ndarray:
@@ -156,25 +172,41 @@ def blend_weights(tile: int, overlap: int, scale: int) -> np.ndarray:
 
 def decision_maps_in_strips(images: np.ndarray, cfg: focus.FocusConfig, valid=None,
                             rows: int = 1024, margin: int = 64) -> np.ndarray:
-  """The decision maps [N, H, W] of a whole image computed on overlapping strips of `rows` rows (with
-  `margin` rows of context on each side, a multiple of 2^levels so the pyramid grid is the same): equal
-  to the whole-image maps for local measures without clean-up (tested)."""
+  """The decision maps [N, H, W] of a whole image, in bounded memory.
+
+  An image of at most `rows` + 2 `margin` rows is computed whole (`focus.decision_maps`). A taller one
+  is computed on overlapping strips of `rows` rows (with `margin` rows of context on each side, a
+  multiple of 2^levels so the pyramid grid is the same) without clean-up, which equals the whole-image
+  maps for the local measures (tested); the clean-up, whose region steps are global, then runs once on
+  the whole index map on the host with OpenCV, and the inputs' coverage (`valid`) is applied last.
+  DoubleReblur estimates its blur kernels per strip there (a warning says so): its kernel estimate is
+  global in the whole-image maps.
+  """
   n, h, w, _ = images.shape
   if h <= rows + 2 * margin:
     return np.asarray(fusion.decision_maps_jit(jnp.asarray(images), cfg,
                                                None if valid is None else jnp.asarray(valid)))
-  out = np.zeros((n, h, w), np.float32)
+  if cfg.measure == 'doublereblur':
+    logging.warning('%dx%d: DoubleReblur estimates its blur kernels per strip of %d rows on an image '
+                    'this large (whole images: one estimate)', h, w, rows)
+  local = dataclasses.replace(cfg, cleanup='none')
+  index = np.zeros((h, w), np.int32)
   for y0 in range(0, h, rows):
     a, b = max(0, y0 - margin), min(h, y0 + rows + margin)
-    part = np.asarray(fusion.decision_maps_jit(jnp.asarray(images[:, a:b]), cfg,
-                                               None if valid is None else jnp.asarray(valid[:, a:b])))
-    out[:, y0:min(h, y0 + rows)] = part[:, y0 - a:y0 - a + min(rows, h - y0)]
-  return out
+    part = fusion.decision_maps_jit(jnp.asarray(images[:, a:b]), local,
+                                    None if valid is None else jnp.asarray(valid[:, a:b]))
+    index[y0:min(h, y0 + rows)] = np.asarray(jnp.argmax(part, axis=0))[y0 - a:y0 - a + min(rows, h - y0)]
+  if cfg.cleanup == 'regions' and n == 2:
+    index = regions_cleanup_on_host(index, cfg.doublereblur)
+  elif cfg.cleanup == 'small_regions':
+    index = remove_small_regions_on_host(index, n, int(np.ceil(cfg.min_region * h * w)))
+  if valid is not None:
+    index = np.asarray(focus.restrict_to_valid(jnp.asarray(index), jnp.asarray(valid)))
+  return (index[None] == np.arange(n)[:, None, None]).astype(np.float32)
 
 
 def fuse_tiles(images, plan: TilePlan, config: FusionConfig, key=None, valid=None,
-               progress: optimize.ProgressFn | None = optimize.log_progress, strategy: str = 'loop',
-               names=None) -> fusion.FusionResult:
+               progress: optimize.ProgressFn | None = optimize.log_progress, names=None) -> fusion.FusionResult:
   """Fuses one scene [N, H, W, C] by `plan` ('tiles' or 'map_fusion'); a FusionResult as `fuse`'s (its
   history holds the tiles' mean loss per step, timings the tiles' totals)."""
   from dfp_jax import batch  # pylint: disable=g-import-not-at-top  (batch imports fusion, as we do)
@@ -185,8 +217,6 @@ def fuse_tiles(images, plan: TilePlan, config: FusionConfig, key=None, valid=Non
   t0 = time.perf_counter()
   cfg_focus = config.focus
   maps = decision_maps_in_strips(x, cfg_focus, valid)
-  if cfg_focus.cleanup == 'regions' and n == 2:
-    maps = _regions_on_host(maps, cfg_focus.doublereblur)
   timings = {'decision_maps_s': time.perf_counter() - t0}
   if plan.kind == 'map_fusion':
     fused = np.asarray(baselines.decision_map_fusion(jnp.asarray(x), jnp.asarray(maps)))
@@ -221,7 +251,8 @@ def fuse_tiles(images, plan: TilePlan, config: FusionConfig, key=None, valid=Non
 
   tile_maps = [maps[:, y:y + t, xx:xx + t] for y, xx in crops]
   tile_valid = None if valid is None else [np.asarray(valid)[:, y:y + t, xx:xx + t] for y, xx in crops]
-  _fuse_with_maps(batch, scenes, tile_maps, tile_valid, tile_cfg, key, strategy, on_result, progress)
+  batch.fuse_batch(scenes, tile_cfg, keys=[key] * len(scenes), strategy='loop', on_result=on_result,
+                   progress=progress, valids=tile_valid, maps=tile_maps)  # Each tile gets its crop of the maps.
   fused = out / np.maximum(weight, 1e-12)
   fused_lr = np.asarray(memory_safe_downsample(fused, s, config.degradation))
   length = min(len(v) for vs in history.values() for v in vs) if history else 0
@@ -229,13 +260,6 @@ def fuse_tiles(images, plan: TilePlan, config: FusionConfig, key=None, valid=Non
   timings.update(total_s=time.perf_counter() - t0, tiles=len(crops), main_steps=int(np.mean(steps)),
                  tile=t, tile_overlap=o)
   return fusion.FusionResult(fused, fused_lr, maps, maps, np.zeros((1, 1, c), np.float32), hist, timings)
-
-
-def _fuse_with_maps(batch, scenes, maps, valids, config, key, strategy, on_result, progress):
-  """fuse_batch over the tiles with each tile's decision maps given (not recomputed on the crop)."""
-  results, _ = batch.fuse_batch(scenes, config, keys=[key] * len(scenes), strategy=strategy,
-                                on_result=on_result, progress=progress, valids=valids, maps=maps)
-  return results
 
 
 def memory_safe_downsample(image: np.ndarray, scale: int, kind: str) -> np.ndarray:
@@ -254,10 +278,10 @@ def memory_safe_downsample(image: np.ndarray, scale: int, kind: str) -> np.ndarr
   return np.concatenate(parts, axis=0)
 
 
-def _regions_on_host(maps: np.ndarray, params: focus.DoubleReblurParams) -> np.ndarray:
-  """DoubleReblur's region steps (closing, largest region, hole filling) on a whole two-input map with
-  OpenCV: label propagation in jnp is too slow at tens of megapixels."""
-  m = (maps[0] > 0.5).astype(np.uint8)
+def regions_cleanup_on_host(index: np.ndarray, params: focus.DoubleReblurParams) -> np.ndarray:
+  """`focus.regions_cleanup` of a two-input index map [H, W] with OpenCV (closing, largest region,
+  hole filling): label propagation in jnp is too slow at tens of megapixels."""
+  m = (index == 0).astype(np.uint8)
   m = cv2.erode(cv2.dilate(m, np.ones((params.kd, params.kd), np.uint8)), np.ones((params.ke, params.ke), np.uint8))
   if params.f == 1:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
@@ -269,5 +293,26 @@ def _regions_on_host(maps: np.ndarray, params: focus.DoubleReblurParams) -> np.n
       border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))) - {0}
       holes = (inv > 0) & ~np.isin(labels, list(border))
       m = m | holes
-  m = m.astype(np.float32)
-  return np.stack([m, 1.0 - m])
+  return np.where(m > 0, 0, 1).astype(np.int32)
+
+
+def remove_small_regions_on_host(index: np.ndarray, n: int, min_pixels: int) -> np.ndarray:
+  """`focus.remove_small_regions` of an index map [H, W] with OpenCV: every 8-connected region of one
+  label with fewer than `min_pixels` pixels grows inwards from its decided neighbours (most frequent
+  label among the 8 neighbours, ties to the lower index)."""
+  known = np.zeros(index.shape, bool)
+  for k in range(n):
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((index == k).astype(np.uint8), connectivity=8)
+    big = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= min_pixels)
+    known |= np.isin(labels, big[big > 0])
+  if not known.any():
+    return index
+  index = index.copy()
+  box = np.ones((3, 3), np.float32)
+  while not known.all():
+    votes = np.stack([cv2.filter2D(((index == k) & known).astype(np.float32), -1, box,
+                                   borderType=cv2.BORDER_CONSTANT) for k in range(n)])
+    grow = ~known & (votes.sum(axis=0) > 0)
+    index[grow] = np.argmax(votes, axis=0)[grow]
+    known |= grow
+  return index

@@ -51,6 +51,56 @@ from dfp_jax.config import FusionConfig
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # The repository.
 HCI_DINO = '../shared/data/lightfield/hci_dino_33views'  # Relative to the repository root.
+HCI_SCENES = tuple(f'../shared/data/lightfield/hci_{s}_33views'
+                   for s in ('dino', 'greek', 'kitchen', 'vinyl'))  # The four with ground truth.
+
+
+def scene_name(folder: str) -> str:
+  """'dino' for '../shared/data/lightfield/hci_dino_33views'; other folders: their base name."""
+  return os.path.basename(os.path.normpath(folder)).removeprefix('hci_').removesuffix('_33views')
+
+
+def aperture_label(a: float) -> str:
+  """'inf' (all views) or the radius, as the results' JSON and tables name a synthetic aperture."""
+  return 'inf' if math.isinf(a) else f'{a:g}'
+
+
+def digest(*parts) -> str:
+  """A short hash of what a recorded result depends on (JSON lines keep only rows of their digest)."""
+  text = json.dumps(parts, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_jsonl(path: str, digest_: str | None = None) -> list[dict]:
+  """The records of a JSON-lines file (none if it is missing), only those of `digest_` if given; a cut
+  or damaged line (an interrupted run) is skipped."""
+  out = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if isinstance(r, dict) and (digest_ is None or r.get('digest') == digest_):
+          out.append(r)
+  return out
+
+
+def append_jsonl(path: str, record: dict) -> None:
+  """Appends one record (a line of JSON; values JSON lacks are written as strings)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'a') as f:
+    f.write(json.dumps(record, default=str) + '\n')
+
+
+def write_table(text: str, path: str | None) -> None:
+  """Prints a script's table and, with a path (`--table`), writes it there too."""
+  print(text)
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+      f.write(text + '\n')
 # name=light-field folder@y:x:h:w: two regions of HCI dino and the bundled Lytro Illum light field (a
 # real capture: its centre view is only an approximate reference).
 DEFAULT_SCENES = (
@@ -233,6 +283,28 @@ def main_stage_start(lr, config: FusionConfig, key):
   x = fusion.validate_images(lr, config)
   start = fusion.prepare_main_stage(key, x, config, progress=None)
   return start.stage, start.state, start.problem, start.raw_maps, x.shape[-1]
+
+
+def fixed_trajectory(lr, gt, config: FusionConfig, key, window: int | None = None) -> tuple[list, np.ndarray]:
+  """The fixed run of the main stage (the same program and trajectory as fuse(stop='fixed')), window by
+  window: per window the step, PSNR of the EMA result against `gt`, the stop statistic ('change', from
+  the second window on), the mean loss terms and the seconds so far. Returns (rows, final output)."""
+  stage, state, problem, _, c = main_stage_start(lr, config, key)
+  window = window or config.stop_window
+  rows, previous, t0 = [], None, time.perf_counter()
+  out = None
+  for done in range(window, config.iters + 1, window):
+    state, report = optimize.run_stage(stage, state, problem, window, window, None, loop=config.loop)
+    current, change = stage.jit_output_change(state, previous if previous is not None else jnp.float32(0))
+    out = np.asarray(fusion.final_output(state, config=config, channels=c))
+    row = {'step': done, 'psnr': psnr(out, gt), 'seconds': time.perf_counter() - t0,
+           'terms': {k: float(np.mean(v)) for k, v in report.history.items()}}
+    if previous is not None:
+      row['change'] = float(change)
+    previous = current
+    rows.append(row)
+    logging.info('fixed run: step %d PSNR %.2f change %s', done, row['psnr'], row.get('change'))
+  return rows, out
 
 
 # ---------------------------------------------------------------------------------------------------

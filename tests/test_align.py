@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from dfp_jax import align
+from dfp_jax import errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLFER = os.path.join(ROOT, 'examples', 'lytro_golfer')
@@ -185,6 +186,13 @@ def test_reference_middle_and_output_keeps_reference_grid(lytro):
   # The aligned frames match the reference where they are valid.
   err = np.abs(reg.images[0] - ref)[reg.masks[0]][..., None]
   assert np.sqrt(np.mean(err ** 2)) < 0.02
+
+
+def test_a_reference_beyond_a_scenes_inputs_is_an_input_error(lytro):
+  """--align_reference=2 on a two-input scene is that scene's error (batch mode records it and goes on),
+  naming the flag, not a ValueError that stops the run."""
+  with pytest.raises(errors.InputError, match=r'--align_reference=2: this scene has 2 inputs'):
+    align.register_stack([lytro, lytro], reference='2')
 
 
 @pytest.mark.parametrize('w', [

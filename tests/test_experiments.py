@@ -526,18 +526,12 @@ def test_stop_rule_study_replays_rules_on_recorded_trajectories(tmp_path):
   """Two hand-made trajectories: one whose change falls fast (an absolute rule stops it early, where the
   PSNR is already final), one that keeps improving with small changes (a loose rule stops it too early
   and loses 0.5 dB). The replay table reports each rule's worst cost and the count over the budget."""
-  # The study is a script that defines flags when imported; it is imported in a child process, never
-  # beside another script (e.g. test_bench_align's) in this one.
-  code = ('from dfp_jax.config import FusionConfig\n'
-          'from experiments.studies import stop_rule\n'
-          "cfg = FusionConfig().replace(stop='fixed', scale=1).to_dict()\n"
-          "print(stop_rule.trajectory_digest(cfg, 0, float('inf'), 2, 256))\n"
-          "print(stop_rule.trajectory_digest(dict(cfg, stop_tol=1.0), 0, float('inf'), 2, 256))\n")
-  r = subprocess.run([sys.executable, '-c', code], cwd=common.ROOT, capture_output=True, text=True)
-  assert r.returncode == 0, r.stderr[-2000:]
-  digest, digest_other_tol = r.stdout.split()
+  from dfp_jax.config import FusionConfig  # pylint: disable=g-import-not-at-top
+  from experiments.studies import stop_rule  # pylint: disable=g-import-not-at-top  (defines no flags)
+  cfg = FusionConfig().replace(stop='fixed', scale=1).to_dict()
+  digest = stop_rule.trajectory_digest(cfg, 0, float('inf'), 2, 256)
   # The trajectories do not depend on the stop fields (every case is the fixed run).
-  assert digest_other_tol == digest
+  assert stop_rule.trajectory_digest(dict(cfg, stop_tol=1.0), 0, float('inf'), 2, 256) == digest
   fast = [{'step': s, 'psnr': 30.0, 'change': 1e-3 if s < 300 else 1e-5} for s in range(50, 1001, 50)]
   slow = [{'step': s, 'psnr': 30.0 + 0.5 * s / 1000, 'change': 1.2e-4} for s in range(50, 1001, 50)]
   path = tmp_path / 'traj.jsonl'
@@ -556,3 +550,17 @@ def test_stop_rule_study_replays_rules_on_recorded_trajectories(tmp_path):
   assert float(worst) == pytest.approx(0.0, abs=1e-6) and int(over) == 0
   assert rows['library default'] == rows['abs 0.0001 p2']  # Both cases are x2: the default tolerance.
   assert (tmp_path / 't.md').read_text().startswith('2 cases')
+
+
+def test_experiment_scripts_define_their_flags_only_when_run():
+  """Scripts that tests import (for their functions) define no flags on import, so that two of them
+  imported by one test process never define a flag twice (a fresh process: this one may hold flags)."""
+  code = ('from absl import flags\n'
+          'from experiments.benchmarks import bench_align, bench_large\n'
+          'from experiments.studies import stop_rule\n'
+          'print(len(list(flags.FLAGS)))\n')
+  r = subprocess.run([sys.executable, '-c', code], cwd=common.ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  bare = subprocess.run([sys.executable, '-c', 'from absl import app, flags, logging\n'
+                         'print(len(list(flags.FLAGS)))'], capture_output=True, text=True)
+  assert r.stdout.split() == bare.stdout.split()  # absl's own flags only.

@@ -1,5 +1,6 @@
 """tiles: the plan from the sizes alone, the blend weights, strip-wise maps, and the tiled fusion."""
 
+import cv2
 import numpy as np
 import pytest
 import jax
@@ -71,3 +72,41 @@ def test_tiled_fusion_covers_the_image_and_stays_close_to_the_whole_one():
   np.testing.assert_array_equal(tiled.decision_maps_raw, whole.decision_maps_raw)  # One map, cropped.
   assert np.sqrt(np.mean((tiled.fused - whole.fused) ** 2)) < 0.02  # Few steps: both near the base.
   assert tiled.timings['tiles'] == p.count
+
+
+@pytest.mark.parametrize('cleanup', ['regions', 'small_regions'])
+def test_strip_maps_run_the_region_cleanup_once_on_the_whole_map(cleanup):
+  """Region clean-ups are global: the strips are computed without one, then the host clean-up (OpenCV)
+  runs on the whole map and must equal the jnp clean-up of the whole-image maps; coverage is applied
+  after it (a pixel never goes to an input that does not cover it)."""
+  rng = np.random.default_rng(3)
+  _, a, b = synthetic.left_right_pair(72, 56, 3, 0.8, 7, 2.0)
+  x = np.stack([a, b])
+  x[0, 30:34, 40:44] = rng.random((4, 4, 3))  # A small in-focus speck on the blurred side.
+  cfg = focus.FocusConfig(cleanup=cleanup, min_region=0.01)
+  whole = np.asarray(fusion.decision_maps_jit(jnp.asarray(x), cfg, None))
+  strips = tiles.decision_maps_in_strips(x, cfg, rows=16, margin=16)
+  np.testing.assert_array_equal(strips, whole)
+  valid = np.ones((2, 72, 56), bool)
+  valid[1, :, :8] = False  # Input 1 does not cover the left border.
+  with_valid = tiles.decision_maps_in_strips(x, cfg, valid=valid, rows=16, margin=16)
+  assert np.all(with_valid[1][~valid[1]] == 0)
+
+
+def test_host_small_region_removal_matches_the_jnp_one():
+  rng = np.random.default_rng(0)
+  for n, min_pixels in ((2, 6), (3, 10), (3, 1000)):
+    coarse = (rng.random((8, 6)) * n).astype(np.uint8)
+    index = cv2.resize(coarse, (30, 40), interpolation=cv2.INTER_NEAREST).astype(np.int32)
+    index[::7, ::5] = (index[::7, ::5] + 1) % n  # Single-pixel specks.
+    want = np.asarray(focus.remove_small_regions(jnp.asarray(index), n, min_pixels))
+    np.testing.assert_array_equal(tiles.remove_small_regions_on_host(index, n, min_pixels), want)
+
+
+def test_host_regions_cleanup_matches_the_jnp_one():
+  rng = np.random.default_rng(1)
+  index = (rng.random((48, 40)) < 0.5).astype(np.int32)
+  index[10:30, 8:30] = 0
+  params = focus.DoubleReblurParams()
+  want = np.asarray(focus.regions_cleanup(jnp.asarray(index), params))
+  np.testing.assert_array_equal(tiles.regions_cleanup_on_host(index, params), want)

@@ -158,8 +158,7 @@ def run_lightfield(args: LightFieldArgs) -> int:
   names = lightfield.slice_names(folder, stack.planes)
   fusion.validate_images(list(stack.slices), config, names)
   tile_plan = plans[-1] if len(plans) and n == n_fused else scene_job.plan(h, w, n, c, config, args)
-  mem = memory.estimate_memory(*((h, w) if tile_plan.kind == 'whole' else (tile_plan.tile,) * 2), n, c,
-                               config)
+  mem = tiles_lib.plan_memory(tile_plan, h, w, n, c, config)
   bit_depth = args.bit_depth([lf.bit_depth])
   slice_share = np.bincount(stack.slice_index.ravel(), minlength=n) / float(h * w)
   sweep = stack.sweep

@@ -114,7 +114,7 @@ def run_scene(args: SceneArgs) -> int:
     tile_plan = plan(h, w, n, c, config, args)
   except errors.MemoryBudgetError as e:
     raise errors.MemoryBudgetError(f'{headers[0].path}: {e}') from None
-  mem = memory.estimate_memory(*((h, w) if tile_plan.kind == 'whole' else (tile_plan.tile,) * 2), n, c, config)
+  mem = tiles_lib.plan_memory(tile_plan, h, w, n, c, config)
   paths = [hd.path for hd in headers]
   images, infos = image_io.load_inputs(args.inputs, headers)
   fusion.validate_images(images, config, paths)

@@ -81,7 +81,6 @@ from dfp_jax.app import scene as scene_lib
 from experiments import common
 
 PROTOCOL = 'bench_align/1'
-HCI = tuple(f'../shared/data/lightfield/hci_{s}_33views' for s in ('dino', 'greek', 'kitchen', 'vinyl'))
 METHODS = ('ecc', 'sift', 'ecc_ms')
 METHOD_LABELS = {'ecc': 'ecc (align.estimate_transform, default)', 'sift': 'sift (align.features_transform)',
                  'ecc_ms': 'ecc_ms (cv2.findTransformECCMultiScale)'}
@@ -112,31 +111,37 @@ WARPS = (
 )
 
 FLAGS = flags.FLAGS
-common.define_flags()
-app_flags.define_config_flags((align.AlignConfig,))
-flags.DEFINE_bool('accuracy', True, 'Run part 1: estimation accuracy on synthetic warps.')
-flags.DEFINE_list('lightfield', list(HCI), 'Light-field folders whose centre views are accuracy sources.')
-flags.DEFINE_string('mfifb', '../shared/data/mfifb', 'Folder of pair folders; the A.* image of each is '
-                    'an accuracy source (empty: none).')
-flags.DEFINE_list('sigmas', ['0', '1.5', '3'], 'Gaussian blur sigmas (px) of the moving frame only.')
-flags.DEFINE_integer('random_warps', 0, 'Random warps added to WARPS (shift 0.5-6 px, +-1.5 deg, +-4 %; '
-                     'seed --seed).')
-flags.DEFINE_list('methods', list(METHODS), f'Estimators: {", ".join(METHODS)} (ecc_ms only where this '
-                  'OpenCV has findTransformECCMultiScale).')
-flags.DEFINE_float('fail_px', 1.0, 'An estimate whose RMS error is above this (px) is a failure.')
-flags.DEFINE_integer('opencv_threads', 1, 'cv2.setNumThreads for the whole run (timings; 0 = OpenCV\'s '
-                     'default).')
-flags.DEFINE_bool('dfp', True, 'Run part 2: DFP on a warped HCI pair, registration off vs --align.')
-flags.DEFINE_string('dfp_lightfield', HCI[0], 'Light field of the DFP case.')
-flags.DEFINE_string('dfp_region', '128:128', 'Top-left corner y:x of the DFP case\'s region (view px).')
-flags.DEFINE_integer('dfp_region_size', 256, 'Side of the DFP case\'s region (view px).')
-flags.DEFINE_integer('dfp_scale', 2, 'Scale of the DFP case (the inputs are region_size / scale px).')
-flags.DEFINE_list('dfp_shift', ['1.5', '0'], 'Shift dx,dy (input px) of the second input.')
-flags.DEFINE_float('dfp_rotation', 0.3, 'Rotation (deg) of the second input about its centre.')
-flags.DEFINE_float('dfp_magnification', 0.01, 'Magnification of the second input (0.01 = +1 %).')
-flags.DEFINE_string('bench_dir', 'outputs/benchmark_gt', 'Focal-stack cache (shared with benchmark_gt).')
-flags.DEFINE_string('json', 'outputs/bench_align.json', 'Write the results here (one JSON object).')
-flags.DEFINE_string('table', None, 'Also write the markdown tables to this file.')
+
+
+def define_flags():
+  """This script's flags (defined when it runs, so that tests and other scripts import its functions
+  without them)."""
+  common.define_flags()
+  app_flags.define_config_flags((align.AlignConfig,))
+  flags.DEFINE_bool('accuracy', True, 'Run part 1: estimation accuracy on synthetic warps.')
+  flags.DEFINE_list('lightfield', list(common.HCI_SCENES), 'Light-field folders whose centre views are '
+                    'accuracy sources.')
+  flags.DEFINE_string('mfifb', '../shared/data/mfifb', 'Folder of pair folders; the A.* image of each is '
+                      'an accuracy source (empty: none).')
+  flags.DEFINE_list('sigmas', ['0', '1.5', '3'], 'Gaussian blur sigmas (px) of the moving frame only.')
+  flags.DEFINE_integer('random_warps', 0, 'Random warps added to WARPS (shift 0.5-6 px, +-1.5 deg, +-4 %; '
+                       'seed --seed).')
+  flags.DEFINE_list('methods', list(METHODS), f'Estimators: {", ".join(METHODS)} (ecc_ms only where this '
+                    'OpenCV has findTransformECCMultiScale).')
+  flags.DEFINE_float('fail_px', 1.0, 'An estimate whose RMS error is above this (px) is a failure.')
+  flags.DEFINE_integer('opencv_threads', 1, 'cv2.setNumThreads for the whole run (timings; 0 = OpenCV\'s '
+                       'default).')
+  flags.DEFINE_bool('dfp', True, 'Run part 2: DFP on a warped HCI pair, registration off vs --align.')
+  flags.DEFINE_string('dfp_lightfield', common.HCI_DINO, 'Light field of the DFP case.')
+  flags.DEFINE_string('dfp_region', '128:128', 'Top-left corner y:x of the DFP case\'s region (view px).')
+  flags.DEFINE_integer('dfp_region_size', 256, 'Side of the DFP case\'s region (view px).')
+  flags.DEFINE_integer('dfp_scale', 2, 'Scale of the DFP case (the inputs are region_size / scale px).')
+  flags.DEFINE_list('dfp_shift', ['1.5', '0'], 'Shift dx,dy (input px) of the second input.')
+  flags.DEFINE_float('dfp_rotation', 0.3, 'Rotation (deg) of the second input about its centre.')
+  flags.DEFINE_float('dfp_magnification', 0.01, 'Magnification of the second input (0.01 = +1 %).')
+  flags.DEFINE_string('bench_dir', 'outputs/benchmark_gt', 'Focal-stack cache (shared with benchmark_gt).')
+  flags.DEFINE_string('json', 'outputs/bench_align.json', 'Write the results here (one JSON object).')
+  flags.DEFINE_string('table', None, 'Also write the markdown tables to this file.')
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -289,19 +294,13 @@ def sources() -> list[tuple[str, np.ndarray]]:
   out = []
   for folder in FLAGS.lightfield:
     lf = lightfield.load_light_field(folder)
-    out.append((scene_name(folder), np.asarray(lf.center_view, np.float32)))
+    out.append((common.scene_name(folder), np.asarray(lf.center_view, np.float32)))
   if FLAGS.mfifb:
     for pair in sorted(glob.glob(os.path.join(FLAGS.mfifb, '*', ''))):
       found = sorted(glob.glob(os.path.join(pair, 'A.*')))
       if found:
         out.append((os.path.basename(os.path.normpath(pair)), image_io.read_image(found[0])[0]))
   return out
-
-
-def scene_name(folder: str) -> str:
-  name = os.path.basename(os.path.normpath(folder))
-  name = name[len('hci_'):] if name.startswith('hci_') else name
-  return name[:-len('_33views')] if name.endswith('_33views') else name
 
 
 def run_accuracy(methods) -> dict:
@@ -341,7 +340,7 @@ def move(image: np.ndarray, w: np.ndarray) -> np.ndarray:
 def run_dfp(config, align_config: align.AlignConfig) -> dict:
   s, size = FLAGS.dfp_scale, FLAGS.dfp_region_size
   (y, x), = common.parse_corners([FLAGS.dfp_region], 'dfp_region')
-  scene = scene_name(FLAGS.dfp_lightfield)
+  scene = common.scene_name(FLAGS.dfp_lightfield)
   stacks = common.Stacks(os.path.join(FLAGS.bench_dir, 'stacks'), size)
   slices, gt, planes = stacks.get(scene, FLAGS.dfp_lightfield, (y, x), 'inf', math.inf, 2)
   lr = resample.area_downsample(np.asarray(slices, np.float32), s)
@@ -468,15 +467,11 @@ def main(argv):
   if FLAGS.dfp:
     res['dfp'] = run_dfp(config, align_config)
   write_json(FLAGS.json, res)
-  text = tables(res)
-  print(text, flush=True)
-  if FLAGS.table:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.table)), exist_ok=True)
-    with open(FLAGS.table, 'w') as f:
-      f.write(text)
+  common.write_table(tables(res), FLAGS.table)
   return 0
 
 
 if __name__ == '__main__':
+  define_flags()
   jax.config.parse_flags_with_absl()
   app.run(main)

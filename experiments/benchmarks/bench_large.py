@@ -26,7 +26,6 @@ The configuration flags are dfp-jax's (docs/cli.md); `--stop` applies to both pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -50,22 +49,26 @@ from dfp_jax import tiles
 from dfp_jax.app import flags as app_flags
 from experiments import common
 
-HCI = tuple(f'../shared/data/lightfield/hci_{s}_33views' for s in ('dino', 'greek', 'kitchen', 'vinyl'))
 CASES = ('hci_x2', 'hci_x1', 'lytro_x2', 'lf_x2', 'big_x1')
 
-common.define_flags()
-flags.DEFINE_list('cases', list(CASES), f'Cases to run: {", ".join(CASES)}.')
-flags.DEFINE_list('lightfield', list(HCI), 'HCI light fields (hci_x1, hci_x2).')
-flags.DEFINE_float('aperture', float('inf'), 'Synthetic aperture of the HCI focal stacks.')
-flags.DEFINE_integer('tile', 160, 'Tile side (input pixels) of the tiled runs (a multiple of 32).')
-flags.DEFINE_integer('overlap', 0, 'Tile overlap (input pixels); 0 = the default of --tile_overlap.')
-flags.DEFINE_string('pair', '../shared/data/mfifb/lytro_01', 'MFIFB pair folder (A.*, B.*).')
-flags.DEFINE_string('lytro_lf', '../shared/data/lightfield/lytro_illum_2067_center5x5', 'lf_x2 light field.')
-flags.DEFINE_string('big_cap', '6GiB', 'DFP_JAX_MEMORY_BUDGET of big_x1.')
-flags.DEFINE_string('bench_dir', 'outputs/benchmark_gt', 'Focal-stack cache (shared with benchmark_gt).')
-flags.DEFINE_string('work_dir', 'outputs/bench_large', 'Inputs and outputs of the CLI cases.')
-flags.DEFINE_string('json', 'outputs/bench_large.jsonl', 'JSON-lines file of the results (appended).')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """This script's flags (defined when it runs, so that tests and other scripts import its functions
+  without them)."""
+  common.define_flags()
+  flags.DEFINE_list('cases', list(CASES), f'Cases to run: {", ".join(CASES)}.')
+  flags.DEFINE_list('lightfield', list(common.HCI_SCENES), 'HCI light fields (hci_x1, hci_x2).')
+  flags.DEFINE_float('aperture', float('inf'), 'Synthetic aperture of the HCI focal stacks.')
+  flags.DEFINE_integer('tile', 160, 'Tile side (input pixels) of the tiled runs (a multiple of 32).')
+  flags.DEFINE_integer('overlap', 0, 'Tile overlap (input pixels); 0 = the default of --tile_overlap.')
+  flags.DEFINE_string('pair', '../shared/data/mfifb/lytro_01', 'MFIFB pair folder (A.*, B.*).')
+  flags.DEFINE_string('lytro_lf', '../shared/data/lightfield/lytro_illum_2067_center5x5', 'lf_x2 light field.')
+  flags.DEFINE_string('big_cap', '6GiB', 'DFP_JAX_MEMORY_BUDGET of big_x1.')
+  flags.DEFINE_string('bench_dir', 'outputs/benchmark_gt', 'Focal-stack cache (shared with benchmark_gt).')
+  flags.DEFINE_string('work_dir', 'outputs/bench_large', 'Inputs and outputs of the CLI cases.')
+  flags.DEFINE_string('json', 'outputs/bench_large.jsonl', 'JSON-lines file of the results (appended).')
 
 
 def tile_plan(h: int, w: int, scale: int) -> tiles.TilePlan:
@@ -82,10 +85,10 @@ def timed(fn):
 def hci_case(scale: int, key) -> list[dict]:
   base = app_flags.fusion_config(FLAGS).replace(scale=scale)
   stacks = common.Stacks(os.path.join(FLAGS.bench_dir, 'stacks'), 512)
-  ap = 'inf' if np.isinf(FLAGS.aperture) else f'{FLAGS.aperture:g}'
+  ap = common.aperture_label(FLAGS.aperture)
   out = []
   for src in FLAGS.lightfield:
-    scene = os.path.basename(os.path.normpath(src)).removeprefix('hci_').removesuffix('_33views')
+    scene = common.scene_name(src)
     slices, gt, _ = stacks.get(scene, src, (0, 0), ap, FLAGS.aperture, 2)
     lr = np.asarray(resample.area_downsample(slices, scale))
     plan = tile_plan(lr.shape[1], lr.shape[2], scale)
@@ -138,20 +141,18 @@ def child(args: list[str], env: dict) -> dict:
   with tempfile.TemporaryFile('w+') as err:
     proc = subprocess.Popen([sys.executable, '-m', 'dfp_jax'] + args, env=env, stdout=subprocess.DEVNULL,
                             stderr=err, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)  # This child's own peak resident memory.
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    _, status, usage = os.wait4(proc.pid, 0)  # This child's own peak resident memory (KiB on Linux).
     seconds = time.perf_counter() - t0
     err.seek(0)
     stderr = err.read()
-  peak = usage.ru_maxrss * 1024
-  r = subprocess.CompletedProcess(proc.args, proc.returncode, None, stderr)
+  returncode = os.waitstatus_to_exitcode(status)
   out_dir = next(a.split('=', 1)[1] for a in args if a.startswith('--output_dir='))
   summary = None
-  if r.returncode == 0:
+  if returncode == 0:
     with open(os.path.join(out_dir, 'summary.json')) as f:
       summary = json.load(f)
-  return {'seconds': seconds, 'returncode': r.returncode, 'peak_rss_bytes': peak,
-          'stderr_tail': r.stderr[-1500:], 'plan': summary and summary.get('plan'),
+  return {'seconds': seconds, 'returncode': returncode, 'peak_rss_bytes': usage.ru_maxrss * 1024,
+          'stderr_tail': stderr[-1500:], 'plan': summary and summary.get('plan'),
           'timings': summary and summary.get('timings')}
 
 
@@ -183,38 +184,24 @@ def main(argv):
   if bad:
     raise app.UsageError(f'--cases: unknown {sorted(bad)}; choose from {CASES}')
   config = app_flags.fusion_config(FLAGS)
-  digest = hashlib.sha256(json.dumps([config.replace(scale=1).to_dict(), FLAGS.seed, FLAGS.tile,
-                                      FLAGS.overlap, FLAGS.aperture], sort_keys=True,
-                                     default=str).encode()).hexdigest()[:16]
-  done = set()
-  if os.path.exists(FLAGS.json):
-    with open(FLAGS.json) as f:
-      for line in f:
-        try:
-          r = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if r.get('digest') == digest:
-          done.add(r['case'])
+  digest = common.digest(config.replace(scale=1).to_dict(), FLAGS.seed, FLAGS.tile, FLAGS.overlap,
+                         FLAGS.aperture)
+  done = {r['case'] for r in common.read_jsonl(FLAGS.json, digest)}
   key = jax.random.key(FLAGS.seed)
   runners = {'hci_x2': lambda: hci_case(2, key), 'hci_x1': lambda: hci_case(1, key),
              'lytro_x2': lambda: lytro_case(key), 'lf_x2': lf_case, 'big_x1': big_case}
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
   for case in FLAGS.cases:
     if case in done:
       logging.info('%s: in %s already', case, FLAGS.json)
       continue
-    recs = runners[case]()
-    with open(FLAGS.json, 'a') as f:
-      for r in recs:
-        f.write(json.dumps(dict(r, digest=digest), default=str) + '\n')
+    for r in runners[case]():
+      common.append_jsonl(FLAGS.json, dict(r, digest=digest))
   print(report(FLAGS.json, digest))
   return 0
 
 
 def report(path: str, digest: str) -> str:
-  rows = [json.loads(l) for l in open(path) if l.strip()]
-  rows = [r for r in rows if r.get('digest') == digest]
+  rows = common.read_jsonl(path, digest)
   lines = ['| case | scene | whole | large-image path | difference | seam ratio (tiles / whole) |',
            '|---|---|---|---|---|---|']
   for r in rows:
@@ -239,5 +226,6 @@ def report(path: str, digest: str) -> str:
 
 
 if __name__ == '__main__':
+  define_flags()
   jax.config.parse_flags_with_absl()
   app.run(main)

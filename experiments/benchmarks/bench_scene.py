@@ -38,7 +38,6 @@ from absl import flags
 from absl import logging
 import numpy as np
 import jax
-import jax.numpy as jnp
 
 from dfp_jax import fusion
 from dfp_jax import image_io
@@ -90,25 +89,10 @@ def authors_full_run(runs, hr: int) -> dict:
 
 
 def fixed_curve(lr, gt, config: FusionConfig, key):
-  """The fixed run, window by window (the same program and trajectory as fuse(stop='fixed')):
-  PSNR of the EMA result and the stop statistic after every window of the main stage."""
-  rule = optimize.StopRule(config.stop_tol, config.stop_window, config.stop_min_iters,
-                           config.stop_patience)
-  stage, state, problem, _, c = common.main_stage_start(lr, config, key)
-  rows, previous = [], None
-  t0 = time.perf_counter()
-  for done in range(rule.window, config.iters + 1, rule.window):
-    state, _ = optimize.run_stage(stage, state, problem, rule.window, rule.window, None,
-                                  loop=config.loop)
-    current, change = stage.jit_output_change(state, previous if previous is not None else
-                                              jnp.float32(0))
-    out = np.asarray(fusion.final_output(state, config=config, channels=c))
-    row = {'step': done, 'psnr': common.psnr(out, gt), 'seconds': time.perf_counter() - t0}
-    if previous is not None:
-      row['change'] = float(change)
-    previous = current
-    rows.append(row)
-    logging.info('fixed curve: step %d PSNR %.2f change %s', done, row['psnr'], row.get('change'))
+  """The fixed run window by window (`common.fixed_trajectory`), and the step where the library's own
+  stop (`config.stop_rule('main')`, as `fuse(stop='auto')` uses it) would have ended it."""
+  rows, out = common.fixed_trajectory(lr, gt, config, key)
+  rule = config.replace(stop='auto').stop_rule('main')
   return rows, rule.stop_step([(r['step'], r['change']) for r in rows if 'change' in r]), out
 
 

@@ -21,8 +21,6 @@ trajectory (the same programs, window by window).
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -31,32 +29,33 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from dfp_jax import fusion
 from dfp_jax import optimize
 from dfp_jax import resample
 from dfp_jax.app import flags as app_flags
 from dfp_jax.config import FusionConfig
 from experiments import common
 
-HCI = tuple(f'../shared/data/lightfield/hci_{s}_33views' for s in ('dino', 'greek', 'kitchen', 'vinyl'))
-
-common.define_flags()
-flags.DEFINE_list('lightfield', list(HCI), 'Light-field folders with an all-in-focus centre view.')
-flags.DEFINE_list('regions', ['0:256', '256:0', '128:128'], 'Top-left corners y:x of the regions.')
-flags.DEFINE_integer('region_size', 256, 'Side of each region (view pixels; the output size).')
-flags.DEFINE_list('scales', ['2', '4'], 'Scales.')
-flags.DEFINE_float('aperture', float('inf'), 'Synthetic aperture radius (view steps; inf = all views).')
-flags.DEFINE_integer('num_planes', 2, 'Inputs per case.')
-flags.DEFINE_string('bench_dir', 'outputs/benchmark_gt', 'Folder of the focal-stack cache (stacks/), '
-                    'shared with benchmark_gt.')
-flags.DEFINE_string('json', 'outputs/stop_rule.jsonl', 'JSON-lines file of the trajectories (appended).')
-flags.DEFINE_string('table', None, 'Also write the replay table (markdown) here.')
-flags.DEFINE_float('budget_db', 0.1, 'The cost a stop may have against the fixed run (dB).')
-flags.DEFINE_bool('run', True, 'Run the missing cases (else only replay what --json holds).')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """This script's flags (defined when it runs, so that tests and other scripts import its functions
+  without them)."""
+  common.define_flags()
+  flags.DEFINE_list('lightfield', list(common.HCI_SCENES), 'Light-field folders with an all-in-focus centre view.')
+  flags.DEFINE_list('regions', ['0:256', '256:0', '128:128'], 'Top-left corners y:x of the regions.')
+  flags.DEFINE_integer('region_size', 256, 'Side of each region (view pixels; the output size).')
+  flags.DEFINE_list('scales', ['2', '4'], 'Scales.')
+  flags.DEFINE_float('aperture', float('inf'), 'Synthetic aperture radius (view steps; inf = all views).')
+  flags.DEFINE_integer('num_planes', 2, 'Inputs per case.')
+  flags.DEFINE_string('bench_dir', 'outputs/benchmark_gt', 'Folder of the focal-stack cache (stacks/), '
+                      'shared with benchmark_gt.')
+  flags.DEFINE_string('json', 'outputs/stop_rule.jsonl', 'JSON-lines file of the trajectories (appended).')
+  flags.DEFINE_string('table', None, 'Also write the replay table (markdown) here.')
+  flags.DEFINE_float('budget_db', 0.1, 'The cost a stop may have against the fixed run (dB).')
+  flags.DEFINE_bool('run', True, 'Run the missing cases (else only replay what --json holds).')
 
 
 # --------------------------------------------------------------------------------------------------
@@ -84,8 +83,7 @@ def relative(fraction: float, patience: int = 2, min_steps: int = 200, reference
 def library(config: FusionConfig = FusionConfig()):
   """The library's rule for the main stage at the case's scale (`FusionConfig.stop_rule('main')`)."""
   def rule(rows, scale):
-    r = config.replace(scale=scale).stop_rule('main')
-    return dataclasses.replace(r, window=0).stop_step(
+    return config.replace(scale=scale).stop_rule('main').stop_step(
         [(x['step'], x['change']) for x in rows if 'change' in x])
   return rule
 
@@ -105,24 +103,6 @@ RULES.update({f'rel {f:g} p2': any_scale(relative(f)) for f in (0.02, 0.05, 0.1)
 # --------------------------------------------------------------------------------------------------
 
 
-def trajectory(lr, gt, config: FusionConfig, key) -> list[dict]:
-  """The fixed run window by window: per window the step, PSNR of the result, change and loss terms."""
-  stage, state, problem, _, c = common.main_stage_start(lr, config, key)
-  window = config.stop_window
-  rows, previous, t0 = [], None, time.perf_counter()
-  for done in range(window, config.iters + 1, window):
-    state, report = optimize.run_stage(stage, state, problem, window, window, None, loop=config.loop)
-    current, change = stage.jit_output_change(state, previous if previous is not None else jnp.float32(0))
-    out = np.asarray(fusion.final_output(state, config=config, channels=c))
-    row = {'step': done, 'psnr': common.psnr(out, gt), 'seconds': time.perf_counter() - t0,
-           'terms': {k: float(np.mean(v)) for k, v in report.history.items()}}
-    if previous is not None:
-      row['change'] = float(change)
-    previous = current
-    rows.append(row)
-  return rows
-
-
 STOP_FIELDS = ('stop', 'stop_tol', 'stop_window', 'stop_min_iters', 'stop_patience')
 
 
@@ -130,22 +110,13 @@ def trajectory_digest(config: dict, seed: int, aperture: float, num_planes: int,
   """What a recorded trajectory depends on: the configuration without its stop fields (every case is
   the fixed run, whatever rule is replayed on it), the seed and the case protocol."""
   config = {k: v for k, v in config.items() if k not in STOP_FIELDS}
-  text = json.dumps([config, seed, aperture, num_planes, region_size], sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
+  return common.digest(config, seed, aperture, num_planes, region_size)
 
 
 def read(path: str, digest: str) -> dict:
-  out = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          r = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # A cut last line.
-        if r.get('digest') == digest:
-          out[tuple(json.dumps(r[k]) for k in ('scene', 'region', 'scale'))] = r
-  return out
+  """The recorded trajectories of `digest`, by (scene, region, scale)."""
+  return {tuple(json.dumps(r[k]) for k in ('scene', 'region', 'scale')): r
+          for r in common.read_jsonl(path, digest)}
 
 
 def replay(cases: list[dict], budget: float) -> list[dict]:
@@ -191,24 +162,21 @@ def main(argv):
   done = read(FLAGS.json, digest)
   stacks = common.Stacks(os.path.join(FLAGS.bench_dir, 'stacks'), FLAGS.region_size)
   key = jax.random.key(FLAGS.seed)
-  ap_label = 'inf' if np.isinf(FLAGS.aperture) else f'{FLAGS.aperture:g}'
+  ap_label = common.aperture_label(FLAGS.aperture)
   corners = common.parse_corners(FLAGS.regions)
   todo = [(src, r, int(s)) for src in FLAGS.lightfield for r in corners for s in FLAGS.scales]
+  todo = [(src, r, s) for src, r, s in todo if FLAGS.run and (
+      json.dumps(common.scene_name(src)), json.dumps(list(r)), json.dumps(s)) not in done]
   t_start = time.perf_counter()
   for i, (src, region, s) in enumerate(todo):
-    scene = os.path.basename(os.path.normpath(src)).removeprefix('hci_').removesuffix('_33views')
-    k = (json.dumps(scene), json.dumps(list(region)), json.dumps(s))
-    if k in done or not FLAGS.run:
-      continue
+    scene = common.scene_name(src)
     slices, gt, planes = stacks.get(scene, src, region, ap_label, FLAGS.aperture, FLAGS.num_planes)
     lr = resample.area_downsample(slices, s)
-    rows = trajectory(list(lr), gt, base.replace(scale=s), key)
+    rows, _ = common.fixed_trajectory(list(lr), gt, base.replace(scale=s), key)
     rec = {'digest': digest, 'scene': scene, 'region': list(region), 'scale': s, 'aperture': ap_label,
            'planes': np.asarray(planes).tolist(), 'config': digest_config, 'trajectory': rows}
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
-    with open(FLAGS.json, 'a') as f:
-      f.write(json.dumps(rec) + '\n')
-    done[k] = rec
+    common.append_jsonl(FLAGS.json, rec)
+    done[tuple(json.dumps(x) for x in (scene, list(region), s))] = rec
     elapsed = time.perf_counter() - t_start
     left = len(todo) - i - 1
     logging.info('%s %d:%d x%d: fixed %.2f dB (%d/%d; %s elapsed, about %s left)', scene, *region, s,
@@ -218,13 +186,11 @@ def main(argv):
   if not cases:
     raise app.UsageError(f'no trajectories in {FLAGS.json} for this configuration')
   text = table(cases, replay(cases, FLAGS.budget_db), FLAGS.budget_db)
-  print(text)
-  if FLAGS.table:
-    with open(FLAGS.table, 'w') as f:
-      f.write(text + '\n')
+  common.write_table(text, FLAGS.table)
   return 0
 
 
 if __name__ == '__main__':
+  define_flags()
   jax.config.parse_flags_with_absl()
   app.run(main)
