@@ -46,6 +46,7 @@ DEFAULT_THRESHOLD_PX = 0.25  # 'auto' warps an input when it moves more than thi
 DEFAULT_MAX_SIDE = 1024      # Estimation never runs above this many pixels on the long side.
 DEFAULT_MIN_SIDE = 96        # Coarsest pyramid level (long side), where phase correlation initialises.
 DEFAULT_GAUSS_SIZE = 5       # ECC's smoothing of both frames at every level.
+ECC_ITERATIONS, ECC_EPS = 100, 1e-6  # ECC's stopping criteria at every level.
 MIN_CORRELATION = 0.7        # ECC correlation below this: no correlation, refused.
 MIN_OVERLAP = 0.5            # Fraction of the reference grid an input must cover after the warp.
 MIN_AUTO_SIDE = 64           # 'auto' takes smaller frames as aligned: too few pixels to estimate a motion.
@@ -69,13 +70,9 @@ class Diagnostics:
   phase_response: float = float('nan')  # Peak response of the initial phase correlation.
   levels: int = 0                     # Pyramid levels used.
   scale: float = 1.0                  # Finest estimation level's size over the full size.
-  overlap: float = 1.0                # Fraction of the reference grid the moving frame covers.
   flat: bool = False                  # No texture: taken as already aligned (identity).
   fallback: bool = False              # ECC was restarted from a feature-based estimate.
   seconds: float = 0.0
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
 
 
 # ----------------------------------------------------------------------------------- geometry
@@ -335,7 +332,8 @@ def features_transform(moving_gray, reference_gray, model='similarity', max_side
 
 def estimate_transform(moving: np.ndarray, reference: np.ndarray, model: str = DEFAULT_MODEL, *,
                        max_side: int = DEFAULT_MAX_SIDE, min_side: int = DEFAULT_MIN_SIDE,
-                       gauss_size: int = DEFAULT_GAUSS_SIZE, iterations: int = 100, eps: float = 1e-6):
+                       gauss_size: int = DEFAULT_GAUSS_SIZE, iterations: int = ECC_ITERATIONS,
+                       eps: float = ECC_EPS):
   """Reference -> moving transform (3 x 3, full-size pixels) and `Diagnostics`.
 
   Pyramid ECC from a phase-correlation shift at the coarsest level; when ECC fails or correlates below
@@ -382,7 +380,6 @@ def estimate_transform(moving: np.ndarray, reference: np.ndarray, model: str = D
     w, rho = _ecc_pyramid(ref_pyr, mov_pyr, w0, model, gauss_size, iterations, eps, ref_g.shape)
   diag.levels = len(ref_pyr)
   diag.correlation = rho
-  diag.overlap = float(validity_mask(w, mov_g.shape, ref_g.shape).mean())
   diag.seconds = time.perf_counter() - t0
   return w, diag
 

@@ -43,7 +43,6 @@ import re
 from typing import NamedTuple, Sequence
 
 from absl import logging
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -388,9 +388,6 @@ class Authors(NamedTuple):
   bench: str
   threads: int
 
-  def describe(self) -> dict:
-    return {'python': self.python, 'repo': self.repo, 'bench': self.bench, 'threads': self.threads}
-
   def step(self, hr_sizes, stages=('main', 'mask'), reps: int = 10, warmup: int | None = None) -> AuthorsRun:
     """Times their steps at the HR sizes (their mask stage at HR / 2) in a child process. Raises
     RuntimeError if it fails or leaves out a row asked for."""
@@ -423,13 +420,26 @@ class Authors(NamedTuple):
     return AuthorsRun(rows, [l for l in lines if l.startswith('#')], before, after, seconds)
 
 
-def authors_from_flags() -> Authors | None:
-  """The authors' step as the flags (`define_authors_flags`) give it, or None without them."""
+def authors_stage(runs: list[AuthorsRun], stage: str, hr: int) -> dict:
+  """One (stage, HR size) over several runs of the authors' step: {'params', 'error'} when a run
+  failed, else {'params', 'runs': each run's median s/step}."""
+  rows = [a.rows[(stage, hr)] for a in runs]
+  failed = [r['error'] for r in rows if 'error' in r]
+  if failed:
+    return {'params': rows[0]['params'], 'error': failed[0]}
+  return {'params': rows[0]['params'], 'runs': [r['median_s'] for r in rows]}
+
+
+def authors_from_flags(scale: int) -> Authors | None:
+  """The authors' step as the flags (`define_authors_flags`) give it, or None without them; `scale`:
+  ours (their bench times their x2 setting only)."""
   python, repo = FLAGS.authors_python, FLAGS.authors_repo
   if not python and not repo:
     return None
   if not (python and repo):
     raise app.UsageError('--authors_python and --authors_repo go together')
+  if scale != 2:
+    raise app.UsageError("the authors' bench times their x2 setting only: use --scale=2 with --authors_*")
   for flag, path in (('authors_python', python), ('authors_repo', repo),
                      ('authors_bench', FLAGS.authors_bench)):
     if not os.path.exists(path):

@@ -377,7 +377,7 @@ def _fuse_group(args, group, output_dir, cfg_sha, owner, programs, progress, kil
     try:
       images, infos = image_io.load_inputs(scene.paths, scene.headers)
       fusion.validate_images(images, config, [i.path for i in infos])
-      images, valid, alignment = register(images, infos, args.align)
+      images, valid, alignment = register(images, [i.path for i in infos], args.align)
     except errors.InputError as e:
       record(scene.name, manifest.entry('failed', error=str(e), inputs=scene.inputs_sha))
       logging.error('[batch] %s: %s', scene.name, e)

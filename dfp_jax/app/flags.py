@@ -124,23 +124,22 @@ def define_flags(values: flags.FlagValues = FLAGS) -> None:
   define('integer', 'process_id', 0, "Multi-host device setups: this process's index.")
 
 
+def config_of(cls, f=FLAGS):
+  """The one conversion of flags into a configuration dataclass `cls` (its fields' flags)."""
+  return config_lib.from_flag_values({s.name: f[s.name].value for s in config_lib.flag_specs(cls)}, cls)
+
+
 def fusion_config(f=FLAGS) -> config_lib.FusionConfig:
-  """The one conversion of the method's flags into the library's configuration."""
-  return config_lib.from_flag_values({s.name: f[s.name].value for s in config_lib.flag_specs()})
+  """The method's flags as the library's configuration."""
+  return config_of(config_lib.FusionConfig, f)
 
 
 def lightfield_config(f=FLAGS) -> lightfield.LightFieldConfig:
-  cls = lightfield.LightFieldConfig
-  lf_config = config_lib.from_flag_values({s.name: f[s.name].value for s in config_lib.flag_specs(cls)},
-                                          cls)
+  lf_config = config_of(lightfield.LightFieldConfig, f)
   if lf_config.planes is not None and f['num_planes'].present and f.num_planes != len(lf_config.planes):
     logging.warning('--planes gives %d planes: --num_planes=%d is ignored', len(lf_config.planes),
                     f.num_planes)
   return lf_config
-
-
-def _config_of(cls, f):
-  return config_lib.from_flag_values({s.name: f[s.name].value for s in config_lib.flag_specs(cls)}, cls)
 
 
 def _common(f) -> dict:
@@ -149,17 +148,17 @@ def _common(f) -> dict:
 
 
 def scene_args(f=FLAGS) -> scene.SceneArgs:
-  return scene.SceneArgs(inputs=tuple(f.inputs), align=_config_of(align.AlignConfig, f),
-                         tiles=_config_of(tiles.TileConfig, f), **_common(f))
+  return scene.SceneArgs(inputs=tuple(f.inputs), align=config_of(align.AlignConfig, f),
+                         tiles=config_of(tiles.TileConfig, f), **_common(f))
 
 
 def lightfield_args(f=FLAGS) -> lightfield_job.LightFieldArgs:
   return lightfield_job.LightFieldArgs(folder=f.lightfield, lightfield=lightfield_config(f),
-                                       tiles=_config_of(tiles.TileConfig, f), **_common(f))
+                                       tiles=config_of(tiles.TileConfig, f), **_common(f))
 
 
 def batch_args(f=FLAGS) -> batch_job.BatchArgs:
   return batch_job.BatchArgs(input_dir=f.input_dir, strategy=f.batch_strategy,
                              max_scenes_per_step=f.max_scenes_per_step, resume=f.resume,
                              coordinator_address=f.coordinator_address, num_processes=f.num_processes,
-                             process_id=f.process_id, align=_config_of(align.AlignConfig, f), **_common(f))
+                             process_id=f.process_id, align=config_of(align.AlignConfig, f), **_common(f))

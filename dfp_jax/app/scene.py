@@ -67,13 +67,14 @@ def fuse_planned(images, p: tiles_lib.TilePlan, config, seed: int, names, valid)
   return tiles_lib.fuse_tiles(np.stack(images), p, config, key, valid, names=names)
 
 
-def register(images, infos, align: align_lib.AlignConfig):
-  """The inputs registered to the reference input (`align.align_inputs`): (images, valid masks [N, H, W]
-  or None when nothing was resampled, the summary.json entry or None with --align=off)."""
+def register(images, paths, align: align_lib.AlignConfig):
+  """The inputs (read from `paths`) registered to the reference input (`align.align_inputs`): (images,
+  valid masks [N, H, W] or None when nothing was resampled, the summary.json entry or None with
+  --align=off)."""
   if align.mode == 'off':
     return images, None, None
-  names = [os.path.basename(i.path) for i in infos]
-  reg = align_lib.align_inputs(images, align, [i.path for i in infos])
+  names = [os.path.basename(p) for p in paths]
+  reg = align_lib.align_inputs(images, align, list(paths))
   moved = [names[i] for i in np.flatnonzero(reg.warped)]
   if reg.skipped:
     logging.warning('not registered: %s; taken as aligned (--align=on tries anyway)', reg.skipped)
@@ -123,7 +124,7 @@ def run_scene(args: SceneArgs) -> int:
   logging.info('DFP: %d inputs of %dx%dx%d, x%d -> %dx%d; backend %s; estimated peak memory %.0f MiB',
                len(images), h, w, images[0].shape[2], config.scale, config.scale * h, config.scale * w,
                jax.default_backend(), mem['peak'] / 2 ** 20)
-  images, valid, alignment = register(images, infos, args.align)
+  images, valid, alignment = register(images, paths, args.align)
   with output_folder.StagingDir(args.output_dir, protect=paths) as tmp:
     result = fuse_planned(images, tile_plan, config, args.seed, paths, valid)
     extra = {'seed': args.seed, 'memory_estimate_bytes': mem, 'plan': tile_plan._asdict()}

@@ -58,7 +58,6 @@ import math
 import os
 import sys
 import time
-import types
 from typing import NamedTuple
 
 from absl import app
@@ -69,7 +68,6 @@ import jax
 import numpy as np
 
 from dfp_jax import align
-from dfp_jax import config as config_lib
 from dfp_jax import fusion
 from dfp_jax import image_io
 from dfp_jax import lightfield
@@ -85,7 +83,6 @@ METHODS = ('ecc', 'sift', 'ecc_ms')
 METHOD_LABELS = {'ecc': 'ecc (align.estimate_transform, default)', 'sift': 'sift (align.features_transform)',
                  'ecc_ms': 'ecc_ms (cv2.findTransformECCMultiScale)'}
 SUPERSAMPLE = 2  # The moving frame is warped at this multiple of its size, then area-downsampled.
-ECC_MS_ITERATIONS, ECC_MS_EPS = 100, 1e-6  # As align.estimate_transform's ECC levels.
 
 
 class Warp(NamedTuple):
@@ -200,7 +197,8 @@ def ecc_multiscale(moving: np.ndarray, reference: np.ndarray) -> np.ndarray:
   params.motionType = cv2.MOTION_AFFINE
   params.nlevels = len(ref_pyr)
   params.gaussFiltSize = align.DEFAULT_GAUSS_SIZE
-  params.criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, ECC_MS_ITERATIONS, ECC_MS_EPS)
+  # The stopping criteria of align's ECC levels.
+  params.criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, align.ECC_ITERATIONS, align.ECC_EPS)
   _, out = cv2.findTransformECCMultiScale(ref, mov, np.eye(2, 3, dtype=np.float32), params)
   wl = np.eye(3)
   wl[:2] = out
@@ -349,7 +347,7 @@ def run_dfp(config, align_config: align.AlignConfig) -> dict:
                                     FLAGS.dfp_magnification)
   moved = move(lr[1], w_true)
   border = s * (int(math.ceil(align.max_displacement(w_true, shape))) + 1)  # Output px, for the interior.
-  infos = [types.SimpleNamespace(path=f'slice{i}.png') for i in range(2)]  # What scene.register names.
+  paths = [f'slice{i}.png' for i in range(2)]  # The names scene.register reports.
   mode = align_config.mode
   runs = [('unwarped', [lr[0], lr[1]], 'off'), ('warped', [lr[0], moved], 'off')]
   if mode != 'off':
@@ -358,7 +356,7 @@ def run_dfp(config, align_config: align.AlignConfig) -> dict:
   rows = []
   for inputs, images, m in runs:
     t0 = time.perf_counter()
-    images, valid, summary = scene_lib.register(images, infos, dataclasses.replace(align_config, mode=m))
+    images, valid, summary = scene_lib.register(images, paths, dataclasses.replace(align_config, mode=m))
     t_reg = time.perf_counter() - t0
     t1 = time.perf_counter()
     result = fusion.fuse(images, config=config, key=key, valid=valid, progress=None)
@@ -450,8 +448,7 @@ def main(argv):
   if len(FLAGS.dfp_shift) != 2:
     raise app.UsageError('--dfp_shift needs dx,dy')
   config = app_flags.fusion_config(FLAGS).replace(scale=FLAGS.dfp_scale)
-  align_config = config_lib.from_flag_values(
-      {s.name: FLAGS[s.name].value for s in config_lib.flag_specs(align.AlignConfig)}, align.AlignConfig)
+  align_config = app_flags.config_of(align.AlignConfig, FLAGS)
   if FLAGS.dfp:
     side = FLAGS.dfp_region_size // FLAGS.dfp_scale
     short = fusion.size_shortfall(config, side, side)

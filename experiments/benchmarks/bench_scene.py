@@ -76,13 +76,12 @@ def authors_full_run(runs, hr: int) -> dict:
   out = {'hr': hr, 'mask_iters': AUTHORS_MASK_ITERS, 'main_iters': AUTHORS_MAIN_ITERS,
          'loadavg': [[list(a.loadavg_before), list(a.loadavg_after)] for a in runs]}
   for stage in ('main', 'mask'):
-    rows = [a.rows[(stage, hr)] for a in runs]
-    out[f'{stage}_params'] = rows[0]['params']
-    errors = [r['error'] for r in rows if 'error' in r]
-    if errors:
-      out['error'] = f'{stage}: {errors[0]}'
+    theirs = common.authors_stage(runs, stage, hr)
+    out[f'{stage}_params'] = theirs['params']
+    if 'error' in theirs:
+      out['error'] = f'{stage}: {theirs["error"]}'
       return out
-    out[f't_{stage}_runs'] = [r['median_s'] for r in rows]
+    out[f't_{stage}_runs'] = theirs['runs']
     out[f't_{stage}_s'] = float(np.median(out[f't_{stage}_runs']))
   out['full_run_s'] = AUTHORS_MASK_ITERS * out['t_mask_s'] + AUTHORS_MAIN_ITERS * out['t_main_s']
   return out
@@ -180,9 +179,7 @@ def main(argv):
   common.setup()
   base = app_flags.fusion_config(FLAGS)
   key = jax.random.key(FLAGS.seed)
-  authors = common.authors_from_flags()
-  if authors is not None and base.scale != 2:
-    raise app.UsageError("the authors' bench times their x2 setting only: use --scale=2 with --authors_*")
+  authors = common.authors_from_flags(base.scale)
   if authors is not None and not FLAGS.timing:
     raise app.UsageError("--authors_* price the authors' full run against ours: they need --timing")
   results = []
@@ -211,7 +208,7 @@ def main(argv):
     image_io.write_json(FLAGS.json, {'config': base.to_dict(), 'backend': jax.default_backend(),
                                      'jax': jax.__version__, 'threads': common.xla_threads(),
                                      'authors_measured': authors is not None,
-                                     'authors': authors.describe() if authors else None,
+                                     'authors': authors._asdict() if authors else None,
                                      'results': results})
   if FLAGS.plot:
     image_io.write_image(FLAGS.plot, curves_figure(results))

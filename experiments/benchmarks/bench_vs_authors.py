@@ -116,14 +116,13 @@ def make_rows(ours: list[dict], authors_runs: list | None) -> list[dict]:
     elif o['stage'] == 'mask':
       row['note'] = MASK_NOTE
     if authors_runs is not None and row['in_ratio']:
-      theirs = [a.rows[(o['stage'], o['hr'])] for a in authors_runs]
-      row['authors_params'] = theirs[0]['params']
+      theirs = common.authors_stage(authors_runs, o['stage'], o['hr'])
+      row['authors_params'] = theirs['params']
       row['authors_nets'] = 2 if o['stage'] == 'mask' else 1
-      failed = [t for t in theirs if 'error' in t]
-      if failed:
-        row['authors_error'] = failed[0]['error']
+      if 'error' in theirs:
+        row['authors_error'] = theirs['error']
       else:
-        a = [t['median_s'] for t in theirs]
+        a = theirs['runs']
         row['authors'] = common.spread(a)
         row['ratio'] = row['authors']['median'] / row['ours']['median']
         row['ratio_rounds'] = [x / y for x, y in zip(a, o['rounds'])]
@@ -185,22 +184,20 @@ def main(argv):
   del argv
   common.setup()
   base = app_flags.fusion_config(FLAGS)
-  authors = common.authors_from_flags()
+  authors = common.authors_from_flags(base.scale)
   hr_sizes = [int(h) for h in FLAGS.hr_sizes]
   stages = list(FLAGS.stages)
   if set(stages) - {'main', 'mask'} or not stages:
     raise app.UsageError(f'--stages: main and/or mask, got {",".join(stages)}')
   if any(h % base.scale for h in hr_sizes):
     raise app.UsageError(f'--hr_sizes must be multiples of --scale={base.scale}')
-  if authors is not None and base.scale != 2:
-    raise app.UsageError("the authors' bench times their x2 setting only: use --scale=2 with --authors_*")
   if min(FLAGS.rounds, FLAGS.reps, FLAGS.warmup) < 1:
     raise app.UsageError('--rounds, --reps and --warmup must be >= 1')
   threads = common.xla_threads()
   print(f"# ours: dfp_jax on {jax.default_backend()} ({jax.devices()[0].device_kind}), XLA's own thread "
         f"pool: {threads['cores_available']} of {threads['cores_machine']} cores available to this "
         f"process{', XLA_FLAGS=' + threads['xla_flags'] if threads['xla_flags'] else ''}", flush=True)
-  print(f'# authors: {authors.describe() if authors else "not measured"}', flush=True)
+  print(f'# authors: {authors._asdict() if authors else "not measured"}', flush=True)
   with common.private_compilation_cache('dfp_bench_vs_authors_cache_') as cache:
     ours = _ours_runs(base, hr_sizes, stages, cache)
     authors_runs, round_log = alternate(authors, ours, hr_sizes, stages)
@@ -219,7 +216,7 @@ def main(argv):
   if FLAGS.json:
     image_io.write_json(FLAGS.json, {
         'authors_measured': authors is not None,
-        'authors': dict(authors.describe(), header=authors_runs[0].header) if authors else None,
+        'authors': dict(authors._asdict(), header=authors_runs[0].header) if authors else None,
         'ours': {'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
                  'versions': runtime.versions(), 'threads': threads, 'config': base.to_dict()},
         'hr_sizes': hr_sizes, 'scale': base.scale, 'rounds': FLAGS.rounds, 'reps': FLAGS.reps,
