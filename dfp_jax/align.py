@@ -60,7 +60,8 @@ class RegistrationError(errors.InputError):
     self.index = index
     self.name = name
     self.reason = reason
-    super().__init__(f'{name}: cannot be aligned to the reference input: {reason}')
+    super().__init__(f'{name}: cannot be aligned to the reference input: {reason}; if the inputs are '
+                     'registered already, run with --align=off')
 
 
 @dataclasses.dataclass
