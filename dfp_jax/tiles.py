@@ -12,9 +12,9 @@ the whole map on the host), and every tile receives its crop: the maps agree acr
 construction. The decision embedding (a network over the whole map) is not run on tiles: tiles use
 the maps as they are (`mask_iters` is treated as 0).
 
-At x1 the main stage ties the fusion by its own maps (docs/benchmarks.md "Quality on four light
-fields"), so `plan_tiles` can return the map fusion itself as the large-image fast path
-(`TilePlan.fast`): the same result at a tiny fraction of the time.
+At x1 the main stage ends close to (slightly below) the fusion by its own maps (docs/benchmarks.md
+"DFP at x1, N = 2, 3 x 3 views"), so `plan_tiles` can return the map fusion itself as the large-image
+fast path (`TilePlan.kind` 'map_fusion'): as good a result at a tiny fraction of the time.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class TileConfig:
       0, 'Overlap of neighbouring tiles (pixels of the inputs); 0 = an eighth of the tile, at least 16.')
   x1_fast_path: bool = config_lib.option(
       True, 'At --scale=1, fuse an image too large to optimise whole by its decision maps directly (the '
-      'result the main stage converges to at x1) instead of optimising tiles.')
+      'result the main stage ends near at x1) instead of optimising tiles.')
 
   def __post_init__(self):
     if self.tile_size < 0 or self.tile_overlap < 0:
