@@ -206,7 +206,8 @@ def decision_maps_in_strips(images: np.ndarray, cfg: focus.FocusConfig, valid=No
 
 
 def fuse_tiles(images, plan: TilePlan, config: FusionConfig, key=None, valid=None,
-               progress: optimize.ProgressFn | None = optimize.log_progress, names=None) -> fusion.FusionResult:
+               progress: optimize.ProgressFn | None = optimize.log_progress,
+               names=None) -> fusion.FusionResult:
   """Fuses one scene [N, H, W, C] by `plan` ('tiles' or 'map_fusion'); a FusionResult as `fuse`'s (its
   history holds the tiles' mean loss per step, timings the tiles' totals)."""
   from dfp_jax import batch  # pylint: disable=g-import-not-at-top  (batch imports fusion, as we do)
@@ -251,8 +252,9 @@ def fuse_tiles(images, plan: TilePlan, config: FusionConfig, key=None, valid=Non
 
   tile_maps = [maps[:, y:y + t, xx:xx + t] for y, xx in crops]
   tile_valid = None if valid is None else [np.asarray(valid)[:, y:y + t, xx:xx + t] for y, xx in crops]
+  # Each tile gets its crop of the whole image's maps (not recomputed on the crop).
   batch.fuse_batch(scenes, tile_cfg, keys=[key] * len(scenes), strategy='loop', on_result=on_result,
-                   progress=progress, valids=tile_valid, maps=tile_maps)  # Each tile gets its crop of the maps.
+                   progress=progress, valids=tile_valid, maps=tile_maps)
   fused = out / np.maximum(weight, 1e-12)
   fused_lr = np.asarray(memory_safe_downsample(fused, s, config.degradation))
   length = min(len(v) for vs in history.values() for v in vs) if history else 0

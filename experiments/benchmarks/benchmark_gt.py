@@ -17,9 +17,10 @@ Methods (the `--methods` base names):
   * fuse at the LR size, then upsample by s with bicubic (`+bicubic`) and, for s > 1, Lanczos-3
     (`+lanczos3`, jax.image.resize lanczos3): `average`; `map` (the fusion by the papers' DoubleReblur maps,
     `compare` rule with the largest-region clean-up, whatever the configuration: `map_fusion`);
-    `dfp_map` (the fusion by DFP's own decision maps, those of the configuration); `laplacian_energy` (per pixel the slice of largest `lightfield.focus_measure`: box-9
-    Laplacian energy of luma); `laplacian_pyramid` (`baselines.laplacian_pyramid_fusion`); `best_slice`
-    (the single slice with the best PSNR, chosen per upsampler);
+    `dfp_map` (the fusion by DFP's own decision maps, those of the configuration); `laplacian_energy`
+    (per pixel the slice of largest `lightfield.focus_measure`: box-9 Laplacian energy of luma);
+    `laplacian_pyramid` (`baselines.laplacian_pyramid_fusion`); `best_slice` (the single slice with
+    the best PSNR, chosen per upsampler);
   * `perfect`: the ground truth area-downsampled by s, then upsampled: the ceiling of any
     fuse-then-upsample pipeline (not at x1, where it is the truth);
   * `oracle_pixel` (+bicubic): per LR pixel the slice nearest the area-downsampled truth.

@@ -44,7 +44,8 @@ def define_flags():
   """This script's flags (defined when it runs, so that tests and other scripts import its functions
   without them)."""
   common.define_flags()
-  flags.DEFINE_list('lightfield', list(common.HCI_SCENES), 'Light-field folders with an all-in-focus centre view.')
+  flags.DEFINE_list('lightfield', list(common.HCI_SCENES),
+                    'Light-field folders with an all-in-focus centre view.')
   flags.DEFINE_list('regions', ['0:256', '256:0', '128:128'], 'Top-left corners y:x of the regions.')
   flags.DEFINE_integer('region_size', 256, 'Side of each region (view pixels; the output size).')
   flags.DEFINE_list('scales', ['2', '4'], 'Scales.')
